@@ -1,0 +1,138 @@
+"""
+Everything rfwd-client can be told, as one value, and OpenSSH's C{-o Name=Value} options.
+
+OpenSSH rules apply: option names are case-insensitive, C{Name=Value} and C{Name Value} are both
+accepted, the first value given for an option wins, and C{IdentityFile} and C{RemoteForward}
+accumulate.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+
+from twisted_rfwd.client.identity import Identity
+from twisted_rfwd.errors import ConfigError
+from twisted_rfwd.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
+from twisted_rfwd.spec import RemoteForward
+
+__all__ = ["ClientConfig", "HostKeyPolicy", "SSHOptions"]
+
+
+class HostKeyPolicy(Enum):
+    """C{StrictHostKeyChecking}; C{ask} means C{yes}, as rfwd-client never prompts."""
+
+    YES = "yes"
+    ACCEPT_NEW = "accept-new"
+    NO = "no"
+
+    @classmethod
+    def parse(cls, text: str) -> HostKeyPolicy:
+        value = text.lower()
+        aliases = {"ask": "yes", "true": "yes", "off": "no", "false": "no"}
+        try:
+            return cls(aliases.get(value, value))
+        except ValueError:
+            raise ConfigError(
+                f"StrictHostKeyChecking must be yes, accept-new or no, not '{text}'"
+            ) from None
+
+
+@dataclass
+class ClientConfig:
+    """
+    One client's settings.  C{identities} are loaded keys; C{known_hosts} the files checked,
+    the first of which receives keys added under C{accept-new}.
+    """
+
+    host: str
+    user: str
+    forwards: list[RemoteForward] = field(default_factory=list)
+    port: int = 22
+    identities: list[Identity] = field(default_factory=list)
+    strict_host_key_checking: HostKeyPolicy = HostKeyPolicy.YES
+    known_hosts: list[str] = field(
+        default_factory=lambda: [os.path.expanduser("~/.ssh/known_hosts")]
+    )
+    exit_on_forward_failure: bool = False
+    connect_timeout: float | None = None
+    window_size: int = DEFAULT_WINDOW
+    max_packet: int = DEFAULT_MAX_PACKET
+
+
+# OpenSSH spelling of each option we understand, by lower-case name.
+_KNOWN = {
+    name.lower(): name
+    for name in (
+        "StrictHostKeyChecking",
+        "UserKnownHostsFile",
+        "ExitOnForwardFailure",
+        "Port",
+        "User",
+        "IdentityFile",
+        "ConnectTimeout",
+        "RemoteForward",
+        "BatchMode",
+    )
+}
+_ACCUMULATE = {"IdentityFile", "RemoteForward"}
+
+
+class SSHOptions:
+    """C{-o} options as given, first value winning, checked by name as they arrive."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, list[str]] = {}
+
+    def add(self, text: str) -> None:
+        """Take one C{-o} argument."""
+        name, value = _split_option(text)
+        canonical = _KNOWN.get(name.lower())
+        if canonical is None:
+            raise ConfigError(
+                f"unsupported option '{name}'; rfwd-client understands "
+                + ", ".join(sorted(_KNOWN.values()))
+            )
+        values = self._values.setdefault(canonical, [])
+        if canonical in _ACCUMULATE or not values:
+            values.append(value)
+
+    def get(self, name: str) -> str | None:
+        values = self._values.get(name)
+        return values[0] if values else None
+
+    def get_all(self, name: str) -> list[str]:
+        return list(self._values.get(name, []))
+
+    def flag(self, name: str) -> bool | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        lowered = value.lower()
+        if lowered in ("yes", "true"):
+            return True
+        if lowered in ("no", "false"):
+            return False
+        raise ConfigError(f"{name} must be yes or no, not '{value}'")
+
+    def number(self, name: str, low: int, high: int) -> int | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise ConfigError(f"{name} must be a number from {low} to {high}, not '{value}'")
+        return int(value)
+
+
+def _split_option(text: str) -> tuple[str, str]:
+    stripped = text.strip()
+    for i, c in enumerate(stripped):
+        if c == "=" or c.isspace():
+            name, value = stripped[:i], stripped[i + 1 :].strip()
+            if value.startswith("=") and c != "=":
+                value = value[1:].strip()
+            if name and value:
+                return name, value
+            break
+    raise ConfigError(f"option '{text}' is not Name=Value")

@@ -1,0 +1,131 @@
+"""
+The client's C{ssh-connection} service: requests the forwards, and turns each
+C{forwarded-tcpip} channel into a TCP connection to the forward's destination.
+
+A channel is matched to its forward by the exact address string we asked for and the real port,
+as OpenSSH does; it is confirmed only once the destination accepted the connection, and a failed
+connect is answered with C{CONNECT_FAILED} and the operating system's reason.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_rfwd import wire
+from twisted_rfwd._address import host_port
+from twisted_rfwd.channel import Channel
+from twisted_rfwd.errors import ChannelOpenFailed
+from twisted_rfwd.mux import ChannelMux
+from twisted_rfwd.policy import is_ip_literal
+from twisted_rfwd.relay import ChannelRelay
+from twisted_rfwd.spec import RemoteForward
+
+if TYPE_CHECKING:
+    from twisted_rfwd.client.tunnel import Tunnel
+
+__all__ = ["DESTINATION_CONNECT_TIMEOUT", "ForwardingClientConnection", "destination_endpoint"]
+
+DESTINATION_CONNECT_TIMEOUT = 30.0
+
+
+def destination_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:
+    """Where a forwarded connection goes: numeric addresses directly, names resolved."""
+    if is_ip_literal(host):
+        endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        return endpoint_type(reactor, host, port, timeout=DESTINATION_CONNECT_TIMEOUT)
+    return HostnameEndpoint(reactor, host, port, timeout=DESTINATION_CONNECT_TIMEOUT)
+
+
+def connect_error_text(failure: Failure) -> str:
+    """The operating system's words for a failed connect ("Connection refused")."""
+    error = failure.value
+    if isinstance(error, TimeoutError):
+        return "Connection timed out"
+    if isinstance(error, DNSLookupError):
+        return "Name or service not known"
+    if isinstance(error, ConnectError) and isinstance(error.osError, int):
+        return os.strerror(error.osError)
+    return failure.getErrorMessage()
+
+
+class ForwardingClientConnection(ChannelMux):
+    """Serves the forwards of one L{Tunnel}."""
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, tunnel: Tunnel) -> None:
+        config = tunnel.config
+        super().__init__(reactor, window_size=config.window_size, max_packet=config.max_packet)
+        self.reactor = reactor
+        self.tunnel = tunnel
+
+    def serviceStarted(self) -> None:
+        self.tunnel.connection_started(self)
+
+    def request_forward(self, spec: RemoteForward) -> Deferred[int]:
+        """Ask for one forward; fires with the port the server listens on."""
+        d = self.send_global_request(
+            b"tcpip-forward", wire.TcpipForward(spec.request_address, spec.listen_port).pack()
+        )
+        if spec.listen_port == 0:
+            return d.addCallback(wire.parse_allocated_port)
+        return d.addCallback(lambda _: spec.listen_port)
+
+    def cancel_forward(self, spec: RemoteForward, port: int) -> Deferred[bytes]:
+        return self.send_global_request(
+            b"cancel-tcpip-forward", wire.TcpipForward(spec.request_address, port).pack()
+        )
+
+    def global_request_received(self, name: bytes, data: bytes) -> bytes | None:
+        # keepalive@openssh.com gets REQUEST_FAILURE, which OpenSSH counts as "alive";
+        # hostkeys-00@openssh.com wants no reply and needs no action.
+        return None
+
+    def channel_open_requested(
+        self, channel_type: bytes, data: bytes, channel: Channel
+    ) -> Deferred[Any]:
+        if channel_type != b"forwarded-tcpip":
+            raise ChannelOpenFailed(
+                wire.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"rfwd-client accepts only forwarded-tcpip channels, not "
+                f"{channel_type.decode('ascii', 'replace')}",
+            )
+        request = wire.ForwardedTcpip.parse(data)
+        spec = self.tunnel.forward_for(request.connected_address, request.connected_port)
+        if spec is None:
+            self._log.warn(
+                "Server requests forwarding for unknown listen_port {port} (address {address!r})",
+                port=request.connected_port,
+                address=request.connected_address,
+            )
+            raise ChannelOpenFailed(wire.OPEN_ADMINISTRATIVELY_PROHIBITED, "unknown listen_port")
+        return self._connect(spec, request, channel)
+
+    def _connect(
+        self, spec: RemoteForward, request: wire.ForwardedTcpip, channel: Channel
+    ) -> Deferred[Any]:
+        endpoint = destination_endpoint(self.reactor, spec.host, spec.host_port)
+        d = endpoint.connect(Factory.forProtocol(lambda: ChannelRelay(channel)))
+
+        def failed(failure: Failure) -> Failure:
+            reason = connect_error_text(failure)
+            self._log.warn(
+                "Forwarded connection from {origin} on remote port {port}: connect to "
+                "{destination} failed: {reason}",
+                origin=host_port(request.originator_address, request.originator_port),
+                port=request.connected_port,
+                destination=spec.destination,
+                reason=reason,
+            )
+            return Failure(ChannelOpenFailed(wire.OPEN_CONNECT_FAILED, reason))
+
+        return d.addErrback(failed)

@@ -1,0 +1,135 @@
+"""
+Host-key checking against OpenSSH known_hosts files, under C{StrictHostKeyChecking}.
+
+Entries are read with Conch's L{KnownHostsFile} (plain and hashed, C{[host]:port} names for ports
+other than 22).  As OpenSSH does, the host-key algorithms already recorded for the host are asked
+for first, so a host known by its RSA key is not mistaken for an unknown one offering ed25519.
+Never a prompt: an unknown or changed key is an error with the fingerprint and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from twisted.conch.client.knownhosts import KnownHostsFile
+from twisted.conch.error import HostKeyChanged
+from twisted.conch.ssh.keys import Key
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+
+from twisted_rfwd.client.config import HostKeyPolicy
+from twisted_rfwd.errors import ChangedHostKey, UnknownHostKey
+from twisted_rfwd.fingerprint import fingerprint
+
+__all__ = ["KnownHosts", "host_key_algorithms_for"]
+
+_log = Logger()
+
+_ALGORITHMS_BY_KEY_TYPE = {
+    b"ssh-rsa": [b"rsa-sha2-512", b"rsa-sha2-256"],
+}
+
+
+def host_key_algorithms_for(key_type: bytes) -> list[bytes]:
+    """The signature algorithms that prove possession of a key of this type."""
+    return _ALGORITHMS_BY_KEY_TYPE.get(key_type, [key_type])
+
+
+def key_type_name(key: Key) -> str:
+    return {"EC": "ECDSA", "Ed25519": "ED25519"}.get(key.type(), key.type())
+
+
+class KnownHosts:
+    """The known_hosts files as they apply to one server (C{host}, C{port})."""
+
+    def __init__(self, paths: Sequence[str], policy: HostKeyPolicy, host: str, port: int) -> None:
+        if not paths:
+            raise ValueError("at least one known_hosts path is needed")
+        self.paths = [os.path.expanduser(p) for p in paths]
+        self.policy = policy
+        self.host = host.lower()
+        self.port = port
+
+    @property
+    def host_id(self) -> str:
+        """The name the server is filed under."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def _files(self) -> list[KnownHostsFile]:
+        return [KnownHostsFile.fromPath(FilePath(p)) for p in self.paths]
+
+    def recorded_key_types(self) -> list[bytes]:
+        """Key types with an entry for this host, in file order."""
+        name = self.host_id.encode("utf-8")
+        found: list[bytes] = []
+        for known in self._files():
+            for entry in known.iterentries():
+                key_type = getattr(entry, "keyType", None)
+                if key_type and key_type not in found and entry.matchesHost(name):
+                    found.append(key_type)
+        return found
+
+    def order_algorithms(self, offered: Sequence[bytes]) -> list[bytes]:
+        """C{offered}, with the algorithms for key types already recorded moved to the front."""
+        preferred = [
+            algorithm
+            for key_type in self.recorded_key_types()
+            for algorithm in host_key_algorithms_for(key_type)
+            if algorithm in offered
+        ]
+        return preferred + [a for a in offered if a not in preferred]
+
+    def verify(self, key: Key) -> None:
+        """
+        Accept C{key} for this host, or raise.
+
+        @raise UnknownHostKey: no entry, and the policy is C{yes}.
+        @raise ChangedHostKey: an entry of this type holds another key, and the policy is not
+            C{no}.
+        """
+        name = self.host_id.encode("utf-8")
+        key_fingerprint = fingerprint(key)
+        key_type = key_type_name(key)
+        for path, known in zip(self.paths, self._files(), strict=True):
+            try:
+                if known.hasHostKey(name, key):
+                    return
+            except HostKeyChanged as e:
+                if self.policy is HostKeyPolicy.NO:
+                    _log.warn(
+                        "WARNING: the {key_type} host key for {host} has changed "
+                        "({fingerprint}); continuing because StrictHostKeyChecking=no",
+                        key_type=key_type,
+                        host=self.host_id,
+                        fingerprint=key_fingerprint,
+                    )
+                    return
+                raise ChangedHostKey(
+                    self.host, self.port, key_type, key_fingerprint, path, e.lineno
+                ) from None
+        if self.policy is HostKeyPolicy.YES:
+            raise UnknownHostKey(self.host, self.port, key_type, key_fingerprint, self.paths[0])
+        self._add(key, key_type, key_fingerprint)
+
+    def _add(self, key: Key, key_type: str, key_fingerprint: str) -> None:
+        path = self.paths[0]
+        known = KnownHostsFile.fromPath(FilePath(path))
+        known.addHostKey(self.host_id.encode("utf-8"), key)
+        try:
+            known.save()
+        except OSError as e:
+            _log.warn(
+                "Could not record the host key of {host} in {path}: {reason}",
+                host=self.host_id,
+                path=path,
+                reason=e.strerror,
+            )
+            return
+        _log.info(
+            "Permanently added {host} ({key_type} {fingerprint}) to the known hosts in {path}",
+            host=self.host_id,
+            key_type=key_type,
+            fingerprint=key_fingerprint,
+            path=path,
+        )

@@ -1,0 +1,283 @@
+"""
+A L{Tunnel} is one SSH connection to the server with the remote forwards it carries: what
+L{connect} gives an embedding program, and what the twistd service watches.
+
+It collects what the protocol objects learn (a host key problem, an authentication refusal, the
+server's disconnect message, each forward's outcome) so the caller gets one precise reason when
+something fails, instead of "connection lost".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from twisted.conch.ssh.keys import Key
+from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHClientTransport
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_rfwd.channel import _Outcome
+from twisted_rfwd.client.config import ClientConfig
+from twisted_rfwd.client.connection import ForwardingClientConnection, connect_error_text
+from twisted_rfwd.client.known_hosts import KnownHosts
+from twisted_rfwd.client.userauth import PublicKeyAuth
+from twisted_rfwd.errors import ConnectionClosed, ForwardRefused, HostKeyError, RfwdError
+from twisted_rfwd.mux import GlobalRequestFailed
+from twisted_rfwd.spec import RemoteForward
+from twisted_rfwd.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
+
+__all__ = ["ClientTransport", "ForwardState", "ForwardStatus", "Tunnel", "connect"]
+
+_log = Logger()
+
+
+class ForwardStatus(Enum):
+    REQUESTED = "requested"
+    LISTENING = "listening"
+    REFUSED = "refused"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class ForwardState:
+    """One forward as the server answered it: C{port} is where the server listens."""
+
+    spec: RemoteForward
+    status: ForwardStatus = ForwardStatus.REQUESTED
+    port: int | None = None
+    error: str | None = None
+
+
+class Tunnel:
+    """One SSH connection and its remote forwards."""
+
+    def __init__(self, reactor: Any, config: ClientConfig) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.forwards = [ForwardState(spec) for spec in config.forwards]
+        self.known_hosts = KnownHosts(
+            config.known_hosts, config.strict_host_key_checking, config.host, config.port
+        )
+        self.transport: ClientTransport | None = None
+        self.connection: ForwardingClientConnection | None = None
+        self._ready: _Outcome[Tunnel] = _Outcome()
+        self._closed: _Outcome[RfwdError] = _Outcome()
+        self._fatal: RfwdError | None = None
+        self._peer_reason: str | None = None
+
+    # -- for the user of the tunnel ----------------------------------------------------------
+
+    def when_ready(self) -> Deferred[Tunnel]:
+        """Fires once authenticated and every forward answered; fails with the reason if not."""
+        return self._ready.wait()
+
+    def when_closed(self) -> Deferred[RfwdError]:
+        """Fires, with the reason as a value, when the connection has ended."""
+        return self._closed.wait()
+
+    @property
+    def fatal_error(self) -> RfwdError | None:
+        """A failure that retrying cannot fix (host key, authentication, refused forward)."""
+        return self._fatal
+
+    def add_forward(self, spec: RemoteForward) -> Deferred[ForwardState]:
+        """Request one more forward on this connection."""
+        if self.connection is None or self.connection.stopped:
+            return fail(ConnectionClosed("the tunnel is not connected"))
+        state = ForwardState(spec)
+        self.forwards.append(state)
+        return self._request(state)
+
+    def cancel_forward(self, spec: RemoteForward) -> Deferred[None]:
+        """Stop the server listening for C{spec}; connections already open carry on."""
+        for state in self.forwards:
+            if state.spec == spec and state.status is ForwardStatus.LISTENING:
+                break
+        else:
+            return fail(KeyError(f"no listening forward {spec}"))
+        assert self.connection is not None and state.port is not None
+        state.status = ForwardStatus.CANCELLED
+        d = self.connection.cancel_forward(spec, state.port)
+        return d.addCallback(lambda _: None)
+
+    def close(self) -> Deferred[RfwdError]:
+        """Disconnect; fires when the connection is gone."""
+        if self.transport is not None and not self._closed.settled:
+            self.transport.sendDisconnect(DISCONNECT_BY_APPLICATION, b"rfwd-client closing")
+        return self.when_closed()
+
+    def abort(self) -> None:
+        """Drop the connection at once (used when a connect attempt is cancelled)."""
+        if self.transport is not None and self.transport.transport is not None:
+            self.transport.transport.abortConnection()
+
+    def forward_for(self, address: str, port: int) -> RemoteForward | None:
+        """The forward a C{forwarded-tcpip} channel belongs to, by requested address and port."""
+        listening = [
+            s for s in self.forwards if s.status is ForwardStatus.LISTENING and s.port == port
+        ]
+        for state in listening:
+            if state.spec.request_address == address:
+                return state.spec
+        # Some servers report the bound address rather than our string: the port decides.
+        return listening[0].spec if len(listening) == 1 else None
+
+    # -- fed by the protocol objects ---------------------------------------------------------
+
+    def fail(self, error: RfwdError) -> None:
+        """Record a failure retrying cannot fix; the first one is what the user is told."""
+        if self._fatal is None:
+            self._fatal = error
+
+    def peer_disconnected(self, description: str) -> None:
+        if self._peer_reason is None:
+            self._peer_reason = description
+
+    def connection_started(self, connection: ForwardingClientConnection) -> None:
+        """Authenticated: request every forward, then report ready (or fail)."""
+        self.connection = connection
+        requests = [self._request(state) for state in self.forwards]
+        gatherResults(requests, consumeErrors=True).addCallbacks(
+            self._forwards_answered, lambda _: None
+        )
+
+    def connection_lost(self, reason: Failure) -> None:
+        error = self._closing_reason(reason)
+        if not self._ready.settled:
+            self._ready.settle(Failure(error))
+        self._closed.settle(error)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _request(self, state: ForwardState) -> Deferred[ForwardState]:
+        assert self.connection is not None
+        spec = state.spec
+
+        def listening(port: int) -> ForwardState:
+            state.status, state.port, state.error = ForwardStatus.LISTENING, port, None
+            if spec.listen_port == 0:
+                _log.info(
+                    "Allocated port {port} for remote forward to {destination}",
+                    port=port,
+                    destination=spec.destination,
+                )
+            else:
+                _log.info(
+                    "Remote forward: server port {port} to {destination}",
+                    port=port,
+                    destination=spec.destination,
+                )
+            return state
+
+        def refused(failure: Failure) -> ForwardState:
+            failure.trap(GlobalRequestFailed)
+            state.status = ForwardStatus.REFUSED
+            state.error = str(ForwardRefused(str(spec)))
+            _log.warn("Warning: {error}", error=state.error)
+            return state
+
+        return self.connection.request_forward(spec).addCallbacks(listening, refused)
+
+    def _forwards_answered(self, states: list[ForwardState]) -> None:
+        refused = [s for s in states if s.status is ForwardStatus.REFUSED]
+        if refused and self.config.exit_on_forward_failure:
+            self.fail(ForwardRefused(str(refused[0].spec)))
+            self._ready.settle(Failure(self._fatal or ForwardRefused(str(refused[0].spec))))
+            self.close()
+            return
+        listening = sum(1 for s in self.forwards if s.status is ForwardStatus.LISTENING)
+        _log.info(
+            "Connected to {host} port {port}: {listening} of {total} forwards listening",
+            host=self.config.host,
+            port=self.config.port,
+            listening=listening,
+            total=len(self.forwards),
+        )
+        self._ready.settle(self)
+
+    def _closing_reason(self, reason: Failure) -> RfwdError:
+        if self._fatal is not None:
+            return self._fatal
+        where = f"{self.config.host} port {self.config.port}"
+        if self._peer_reason is not None:
+            return ConnectionClosed(f"Disconnected from {where}: {self._peer_reason}")
+        return ConnectionClosed(f"Connection to {where} closed: {reason.getErrorMessage()}")
+
+
+class ClientTransport(TransportMixin, SSHClientTransport):
+    """Conch's client transport, checking host keys against known_hosts and logging in."""
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+        self.supportedPublicKeys = tunnel.known_hosts.order_algorithms(PUBLIC_KEY_ALGORITHMS)
+
+    def connectionMade(self) -> None:
+        self.tunnel.transport = self
+        super().connectionMade()
+
+    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> Deferred[bool]:
+        try:
+            self.tunnel.known_hosts.verify(Key.fromString(hostKey))
+        except HostKeyError as e:
+            _log.error("{error}", error=str(e))
+            self.tunnel.fail(e)
+            return fail(e)
+        return succeed(True)
+
+    def connectionSecure(self) -> None:
+        config = self.tunnel.config
+        connection = ForwardingClientConnection(self.tunnel.reactor, self.tunnel)
+        self.requestService(
+            PublicKeyAuth(config.user, config.identities, connection, self.tunnel.fail)
+        )
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        self.tunnel.peer_disconnected(description.decode("utf-8", "replace"))
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        self.tunnel.connection_lost(reason if reason is not None else Failure(ConnectionClosed("")))
+
+
+def client_endpoint(reactor: Any, config: ClientConfig) -> IStreamClientEndpoint:
+    """The TCP connection to the SSH server."""
+    timeout = config.connect_timeout if config.connect_timeout is not None else 30
+    return HostnameEndpoint(reactor, config.host, config.port, timeout=timeout)
+
+
+def connect(
+    reactor: Any, config: ClientConfig, endpoint: IStreamClientEndpoint | None = None
+) -> Deferred[Tunnel]:
+    """
+    Connect, verify the host key, log in, and request every forward in C{config}.
+
+    Fires with the L{Tunnel} once the server answered every forward request; fails with an
+    L{RfwdError} saying why otherwise.  Cancelling the Deferred abandons the attempt.
+    """
+    tunnel = Tunnel(reactor, config)
+    if endpoint is None:
+        endpoint = client_endpoint(reactor, config)
+    factory = Factory.forProtocol(lambda: ClientTransport(tunnel))
+    connecting = endpoint.connect(factory)
+
+    def connect_failed(failure: Failure) -> Failure:
+        where = f"{config.host} port {config.port}"
+        return Failure(ConnectionClosed(f"connect to {where}: {connect_error_text(failure)}"))
+
+    def connected(_: object) -> Deferred[Tunnel]:
+        return tunnel.when_ready()
+
+    def cancel(d: Deferred[Tunnel]) -> None:
+        connecting.cancel()
+        tunnel.abort()
+
+    result: Deferred[Tunnel] = Deferred(cancel)
+    ready: Deferred[Tunnel] = connecting.addErrback(connect_failed).addCallback(connected)
+    ready.chainDeferred(result)
+    return result

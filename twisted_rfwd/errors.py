@@ -1,0 +1,171 @@
+"""
+Every error twisted-rfwd raises on purpose.
+
+Each one carries the facts as named fields and renders, through C{str()}, as a sentence for the
+person who has to act on it.  A traceback means a bug; these are not bugs.
+"""
+
+from __future__ import annotations
+
+
+class RfwdError(Exception):
+    """Base class: an expected failure with a message written for a person."""
+
+
+class ConfigError(RfwdError):
+    """A setting given by the user cannot be used."""
+
+
+class BadForwardSpec(ConfigError):
+    """A C{-R} argument is not C{[bind_address:]port:host:hostport}."""
+
+    def __init__(self, spec: str, reason: str) -> None:
+        super().__init__(spec, reason)
+        self.spec = spec
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"Bad remote forwarding specification '{self.spec}': {self.reason}"
+
+
+class KeyLoadError(ConfigError):
+    """A private or public key file cannot be read or parsed."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot load key {self.path}: {self.reason}"
+
+
+class RemoteProtocolError(RfwdError):
+    """The peer sent something the SSH protocol does not allow: its fault, not ours."""
+
+
+class MalformedPacket(RemoteProtocolError):
+    """A message could not be parsed."""
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(what, detail)
+        self.what = what
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"malformed {self.what}: {self.detail}"
+
+
+class HostKeyError(RfwdError):
+    """The server's host key could not be verified."""
+
+    def __init__(
+        self, host: str, port: int, key_type: str, fingerprint: str, known_hosts: str
+    ) -> None:
+        super().__init__(host, port, key_type, fingerprint, known_hosts)
+        self.host = host
+        self.port = port
+        self.key_type = key_type
+        self.fingerprint = fingerprint
+        self.known_hosts = known_hosts
+
+    @property
+    def host_id(self) -> str:
+        """The name OpenSSH files this host under: C{host}, or C{[host]:port} off port 22."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
+class UnknownHostKey(HostKeyError):
+    """No key is recorded for this host and policy forbids adding one."""
+
+    def __str__(self) -> str:
+        return (
+            f"Host key verification failed: no {self.key_type} host key for {self.host_id} "
+            f"is recorded in {self.known_hosts}.\n"
+            f"The server presented {self.key_type} key {self.fingerprint}.\n"
+            f"If that fingerprint is the server's, trust it by running once with "
+            f"-o StrictHostKeyChecking=accept-new, or append the output of "
+            f"'ssh-keyscan{self._keyscan_args()}' to {self.known_hosts}."
+        )
+
+    def _keyscan_args(self) -> str:
+        return f" -p {self.port} {self.host}" if self.port != 22 else f" {self.host}"
+
+
+class ChangedHostKey(HostKeyError):
+    """The server presented a different key from the one recorded: possibly an attack."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        key_type: str,
+        fingerprint: str,
+        known_hosts: str,
+        line: int | None,
+    ) -> None:
+        super().__init__(host, port, key_type, fingerprint, known_hosts)
+        self.line = line
+
+    def __str__(self) -> str:
+        where = f"{self.known_hosts}:{self.line}" if self.line else self.known_hosts
+        return (
+            f"HOST KEY FOR {self.host_id} HAS CHANGED: someone could be intercepting this "
+            f"connection, or the server's key was replaced.\n"
+            f"The server presented {self.key_type} key {self.fingerprint}, which does not "
+            f"match the key recorded at {where}.\n"
+            f"If the new key is legitimate, remove the old entry with "
+            f"'ssh-keygen -R \"{self.host_id}\" -f {self.known_hosts}' and connect again."
+        )
+
+
+class AuthenticationFailed(RfwdError):
+    """The server accepted none of the credentials we offered."""
+
+    def __init__(self, user: str, tried: list[str], server_methods: list[str]) -> None:
+        super().__init__(user, tried, server_methods)
+        self.user = user
+        self.tried = tried
+        self.server_methods = server_methods
+
+    def __str__(self) -> str:
+        tried = ", ".join(self.tried) if self.tried else "no usable credentials"
+        methods = ",".join(self.server_methods) or "none"
+        return (
+            f"Permission denied for user '{self.user}': tried {tried}; "
+            f"the server accepts ({methods})."
+        )
+
+
+class ForwardRefused(RfwdError):
+    """The server refused a C{tcpip-forward} request."""
+
+    def __init__(self, spec: str) -> None:
+        super().__init__(spec)
+        self.spec = spec
+
+    def __str__(self) -> str:
+        return f"remote port forwarding failed for listen port {self.spec}"
+
+
+class ChannelOpenFailed(RfwdError):
+    """The peer answered a channel open with C{SSH_MSG_CHANNEL_OPEN_FAILURE}."""
+
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(code, description)
+        self.code = code
+        self.description = description
+
+    def __str__(self) -> str:
+        return f"channel open failed: {self.description} (code {self.code})"
+
+
+class ConnectionClosed(RfwdError):
+    """The SSH connection ended; C{reason} says how, in words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason

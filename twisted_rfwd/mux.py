@@ -1,0 +1,362 @@
+"""
+The C{ssh-connection} service (RFC 4254): global requests and channels, for both ends.
+
+Conch's own L{twisted.conch.ssh.connection.SSHConnection} grants window before data is consumed,
+confirms channel opens before the far side is connected, and crashes on unknown channel numbers;
+this service replaces it, on Conch's public L{SSHService} base.  Subclasses decide policy by
+overriding L{ChannelMux.global_request_received} and L{ChannelMux.channel_open_requested}.
+
+Rules kept here, as OpenSSH peers expect them:
+  - every global request that wants a reply gets one, in the order received;
+  - an incoming channel is confirmed only when the subclass's Deferred fires;
+  - a malformed message, or one that breaks window rules, ends the connection with a
+    C{PROTOCOL_ERROR} disconnect that says what was wrong.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.conch.ssh.service import SSHService
+from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_rfwd import wire
+from twisted_rfwd._address import describe_address
+from twisted_rfwd.channel import Channel
+from twisted_rfwd.errors import (
+    ChannelOpenFailed,
+    ConnectionClosed,
+    RemoteProtocolError,
+)
+from twisted_rfwd.window import ReceiveWindow
+
+if TYPE_CHECKING:
+    from twisted.conch.ssh.transport import SSHTransportBase
+
+__all__ = ["DEFAULT_MAX_PACKET", "DEFAULT_WINDOW", "ChannelMux", "GlobalRequestFailed"]
+
+DEFAULT_WINDOW = 2 * 1024 * 1024
+DEFAULT_MAX_PACKET = 32 * 1024
+
+
+class GlobalRequestFailed(Exception):
+    """The peer answered one of our global requests with C{REQUEST_FAILURE}."""
+
+    def __init__(self, name: bytes) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class _PendingReply:
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.result: bytes | None = None
+
+
+class ChannelMux(SSHService):
+    """Multiplexes channels and global requests over one SSH transport."""
+
+    name = b"ssh-connection"
+    _log = Logger()
+    transport: SSHTransportBase
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        window_size: int = DEFAULT_WINDOW,
+        max_packet: int = DEFAULT_MAX_PACKET,
+    ) -> None:
+        self.clock = clock
+        self.window_size = window_size
+        self.max_packet = max_packet
+        self.channels: dict[int, Channel] = {}
+        self._next_local_id = 0
+        self._opening: dict[int, Deferred[Any]] = {}
+        self._our_requests: deque[tuple[bytes, Deferred[bytes]]] = deque()
+        self._replies: deque[_PendingReply] = deque()
+        self.stopped = False
+        self._handlers: dict[int, Callable[[bytes], None]] = {
+            wire.MSG_GLOBAL_REQUEST: self._on_global_request,
+            wire.MSG_REQUEST_SUCCESS: self._on_request_success,
+            wire.MSG_REQUEST_FAILURE: self._on_request_failure,
+            wire.MSG_CHANNEL_OPEN: self._on_channel_open,
+            wire.MSG_CHANNEL_OPEN_CONFIRMATION: self._on_open_confirmation,
+            wire.MSG_CHANNEL_OPEN_FAILURE: self._on_open_failure,
+            wire.MSG_CHANNEL_WINDOW_ADJUST: self._on_window_adjust,
+            wire.MSG_CHANNEL_DATA: self._on_data,
+            wire.MSG_CHANNEL_EXTENDED_DATA: self._on_extended_data,
+            wire.MSG_CHANNEL_EOF: self._on_eof,
+            wire.MSG_CHANNEL_CLOSE: self._on_close,
+            wire.MSG_CHANNEL_REQUEST: self._on_channel_request,
+            wire.MSG_CHANNEL_SUCCESS: self._ignore,
+            wire.MSG_CHANNEL_FAILURE: self._ignore,
+        }
+
+    # -- policy hooks for subclasses ----------------------------------------------------------
+
+    def global_request_received(self, name: bytes, data: bytes) -> bytes | Deferred[Any] | None:
+        """
+        Decide a global request: return the success payload (C{b""} for none), or C{None} for
+        failure, or a Deferred of either.  By default everything fails, as OpenSSH answers
+        requests it does not know.
+        """
+        return None
+
+    def channel_open_requested(
+        self, channel_type: bytes, data: bytes, channel: Channel
+    ) -> Deferred[Any] | None:
+        """
+        Decide an incoming channel: attach a local stream to C{channel} and return (or fire a
+        Deferred) to confirm; raise or fail with L{ChannelOpenFailed} to refuse.
+        """
+        raise ChannelOpenFailed(wire.OPEN_UNKNOWN_CHANNEL_TYPE, "unknown channel type")
+
+    # -- outgoing -----------------------------------------------------------------------------
+
+    def open_channel(self, channel_type: bytes, data: bytes) -> Channel:
+        """Ask the peer for a channel; see L{Channel.when_opened} for the answer."""
+        channel = self._new_channel()
+        self.transport.sendPacket(
+            wire.MSG_CHANNEL_OPEN,
+            wire.ChannelOpen(
+                channel_type, channel.local_id, self.window_size, self.max_packet, data
+            ).pack(),
+        )
+        return channel
+
+    def send_global_request(self, name: bytes, data: bytes) -> Deferred[bytes]:
+        """Send a global request that wants a reply; fires with the success payload."""
+        d: Deferred[bytes] = Deferred()
+        if self.stopped:
+            d.errback(ConnectionClosed("the SSH connection is closed"))
+            return d
+        self._our_requests.append((name, d))
+        self.transport.sendPacket(
+            wire.MSG_GLOBAL_REQUEST, wire.GlobalRequest(name, True, data).pack()
+        )
+        return d
+
+    def send_global_notice(self, name: bytes, data: bytes) -> None:
+        """Send a global request that wants no reply."""
+        self.transport.sendPacket(
+            wire.MSG_GLOBAL_REQUEST, wire.GlobalRequest(name, False, data).pack()
+        )
+
+    def send_data(self, recipient: int, data: bytes) -> None:
+        self.transport.sendPacket(wire.MSG_CHANNEL_DATA, wire.pack_channel_data(recipient, data))
+
+    def send_window_adjust(self, recipient: int, increment: int) -> None:
+        self.transport.sendPacket(
+            wire.MSG_CHANNEL_WINDOW_ADJUST, wire.pack_window_adjust(recipient, increment)
+        )
+
+    def send_eof(self, recipient: int) -> None:
+        self.transport.sendPacket(wire.MSG_CHANNEL_EOF, wire.pack_uint32(recipient))
+
+    def send_close(self, recipient: int) -> None:
+        self.transport.sendPacket(wire.MSG_CHANNEL_CLOSE, wire.pack_uint32(recipient))
+
+    def release_channel(self, channel: Channel) -> None:
+        """Forget a channel whose CLOSE went both ways; its number may be reused."""
+        if self.channels.get(channel.local_id) is channel:
+            del self.channels[channel.local_id]
+
+    def protocol_error(self, message: str) -> None:
+        """The peer broke the protocol: say what, and disconnect."""
+        self._log.error(
+            "Protocol error from {peer}: {message}; disconnecting",
+            peer=self.peer_description(),
+            message=message,
+        )
+        self.transport.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, message.encode("utf-8"))
+
+    def peer_description(self) -> str:
+        """C{host:port} of the SSH peer, for log lines."""
+        tcp = self.transport.transport
+        return describe_address(tcp.getPeer()) if tcp is not None else "(no peer)"
+
+    # -- SSHService ---------------------------------------------------------------------------
+
+    def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        handler = self._handlers.get(messageNum)
+        if handler is None:
+            self.transport.sendUnimplemented()
+            return
+        try:
+            handler(packet)
+        except RemoteProtocolError as e:
+            self.protocol_error(str(e))
+
+    def serviceStopped(self) -> None:
+        """The transport is gone: fail everything that still waits on the peer."""
+        self.stopped = True
+        reason = Failure(ConnectionClosed("the SSH connection closed"))
+        opening, self._opening = self._opening, {}
+        for d in opening.values():
+            d.cancel()
+        for channel in list(self.channels.values()):
+            channel.connection_lost(reason)
+        self.channels.clear()
+        requests, self._our_requests = self._our_requests, deque()
+        for _, d in requests:
+            d.errback(reason)
+
+    # -- incoming -----------------------------------------------------------------------------
+
+    def _new_channel(self) -> Channel:
+        local_id = self._next_local_id
+        while local_id in self.channels:
+            local_id = (local_id + 1) & 0xFFFFFFFF
+        self._next_local_id = (local_id + 1) & 0xFFFFFFFF
+        channel = Channel(self, local_id, ReceiveWindow(self.window_size, self.max_packet))
+        self.channels[local_id] = channel
+        return channel
+
+    def _open_channel(self, recipient: int, what: str) -> Channel:
+        channel = self.channels.get(recipient)
+        if channel is None or not channel.is_open:
+            raise RemoteProtocolError(f"{what} for channel {recipient}, which is not open")
+        return channel
+
+    def _ignore(self, packet: bytes) -> None:
+        """Replies to channel requests we never send: nothing to do."""
+
+    def _on_global_request(self, payload: bytes) -> None:
+        request = wire.GlobalRequest.parse(payload)
+        d = maybeDeferred(self.global_request_received, request.name, request.data)
+        if not request.want_reply:
+            d.addErrback(self._request_handler_failed, request.name)
+            return
+        slot = _PendingReply()
+        self._replies.append(slot)
+        d.addErrback(self._request_handler_failed, request.name)
+        d.addCallback(self._reply_ready, slot)
+
+    def _request_handler_failed(self, failure: Failure, name: bytes) -> Any:
+        self._log.failure("Error handling global request {name!r}", failure=failure, name=name)
+
+    def _reply_ready(self, result: Any, slot: _PendingReply) -> None:
+        slot.done = True
+        slot.result = result
+        while self._replies and self._replies[0].done:
+            reply = self._replies.popleft()
+            if self.stopped:
+                continue
+            if reply.result is None:
+                self.transport.sendPacket(wire.MSG_REQUEST_FAILURE, b"")
+            else:
+                self.transport.sendPacket(wire.MSG_REQUEST_SUCCESS, reply.result)
+
+    def _on_request_success(self, payload: bytes) -> None:
+        if not self._our_requests:
+            raise RemoteProtocolError("REQUEST_SUCCESS without a pending global request")
+        _, d = self._our_requests.popleft()
+        d.callback(payload)
+
+    def _on_request_failure(self, payload: bytes) -> None:
+        if not self._our_requests:
+            raise RemoteProtocolError("REQUEST_FAILURE without a pending global request")
+        name, d = self._our_requests.popleft()
+        d.errback(GlobalRequestFailed(name))
+
+    def _on_channel_open(self, payload: bytes) -> None:
+        request = wire.ChannelOpen.parse(payload)
+        channel = self._new_channel()
+        d = maybeDeferred(self.channel_open_requested, request.channel_type, request.extra, channel)
+        self._opening[channel.local_id] = d
+        d.addCallbacks(
+            self._accept_channel,
+            self._refuse_channel,
+            callbackArgs=(channel, request),
+            errbackArgs=(channel, request),
+        )
+
+    def _accept_channel(self, _: object, channel: Channel, request: wire.ChannelOpen) -> None:
+        self._opening.pop(channel.local_id, None)
+        if self.stopped:
+            return
+        self.transport.sendPacket(
+            wire.MSG_CHANNEL_OPEN_CONFIRMATION,
+            wire.ChannelOpenConfirmation(
+                request.sender_channel, channel.local_id, self.window_size, self.max_packet
+            ).pack(),
+        )
+        channel.opened(request.sender_channel, request.initial_window, request.max_packet)
+
+    def _refuse_channel(
+        self, failure: Failure, channel: Channel, request: wire.ChannelOpen
+    ) -> None:
+        self._opening.pop(channel.local_id, None)
+        channel.open_failed(failure)
+        if self.stopped:
+            return
+        error = failure.value
+        if isinstance(error, ChannelOpenFailed):
+            code, text = error.code, error.description
+        else:
+            self._log.failure("Error opening channel", failure=failure)
+            code, text = wire.OPEN_CONNECT_FAILED, "internal error"
+        self.transport.sendPacket(
+            wire.MSG_CHANNEL_OPEN_FAILURE,
+            wire.ChannelOpenFailure(request.sender_channel, code, text).pack(),
+        )
+
+    def _on_open_confirmation(self, payload: bytes) -> None:
+        message = wire.ChannelOpenConfirmation.parse(payload)
+        channel = self.channels.get(message.recipient_channel)
+        if channel is None or channel.is_open:
+            raise RemoteProtocolError(
+                f"open confirmation for channel {message.recipient_channel}, "
+                "which was not being opened"
+            )
+        channel.opened(message.sender_channel, message.initial_window, message.max_packet)
+
+    def _on_open_failure(self, payload: bytes) -> None:
+        message = wire.ChannelOpenFailure.parse(payload)
+        channel = self.channels.get(message.recipient_channel)
+        if channel is None or channel.is_open:
+            raise RemoteProtocolError(
+                f"open failure for channel {message.recipient_channel}, which was not being opened"
+            )
+        channel.open_failed(Failure(ChannelOpenFailed(message.reason_code, message.description)))
+
+    def _on_window_adjust(self, payload: bytes) -> None:
+        recipient, increment = wire.parse_window_adjust(payload)
+        self._open_channel(recipient, "WINDOW_ADJUST").window_adjusted(increment)
+
+    def _on_data(self, payload: bytes) -> None:
+        recipient, data = wire.parse_channel_data(payload)
+        self._open_channel(recipient, "CHANNEL_DATA").data_received(data)
+
+    def _on_extended_data(self, payload: bytes) -> None:
+        recipient, _, data = wire.parse_extended_data(payload)
+        channel = self._open_channel(recipient, "CHANNEL_EXTENDED_DATA")
+        # TCP channels carry no stderr; account the window so the peer is not stalled.
+        channel.window.data_received(len(data))
+        channel.window.consumed(len(data))
+
+    def _on_eof(self, payload: bytes) -> None:
+        recipient = wire.parse_channel_number(payload, "SSH_MSG_CHANNEL_EOF")
+        self._open_channel(recipient, "CHANNEL_EOF").eof_received_from_peer()
+
+    def _on_close(self, payload: bytes) -> None:
+        recipient = wire.parse_channel_number(payload, "SSH_MSG_CHANNEL_CLOSE")
+        channel = self._open_channel(recipient, "CHANNEL_CLOSE")
+        if channel.close_received:
+            raise RemoteProtocolError(f"second CHANNEL_CLOSE for channel {recipient}")
+        channel.close_received_from_peer()
+
+    def _on_channel_request(self, payload: bytes) -> None:
+        request = wire.ChannelRequest.parse(payload)
+        channel = self._open_channel(request.recipient_channel, "CHANNEL_REQUEST")
+        if request.want_reply and not channel.close_sent:
+            self.transport.sendPacket(wire.MSG_CHANNEL_FAILURE, wire.pack_uint32(channel.remote_id))

@@ -1,0 +1,31 @@
+"""Everything rfwd-server can be told, as one value; the twistd options build one of these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.conch.ssh.keys import Key
+
+from twisted_rfwd.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
+from twisted_rfwd.policy import GatewayPorts, ListenPolicy
+
+__all__ = ["ServerConfig"]
+
+
+@dataclass
+class ServerConfig:
+    """
+    Server settings, named after their sshd_config counterparts where one exists.
+
+    @ivar host_keys: private host keys; at least one.
+    @ivar authorized_keys: C{AuthorizedKeysFile} template (C{%u} user, C{%h} home).
+    """
+
+    host_keys: list[Key]
+    authorized_keys: str = "%h/.ssh/authorized_keys"
+    gateway_ports: GatewayPorts = GatewayPorts.NO
+    permit_listen: ListenPolicy = field(default_factory=ListenPolicy)
+    login_grace_time: float = 120.0
+    max_auth_tries: int = 6
+    window_size: int = DEFAULT_WINDOW
+    max_packet: int = DEFAULT_MAX_PACKET

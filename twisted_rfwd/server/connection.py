@@ -1,0 +1,163 @@
+"""
+The server's C{ssh-connection} service: C{tcpip-forward} and C{cancel-tcpip-forward} open and
+close listeners; every channel the client asks for is refused, because this server only
+forwards ports (so C{ssh -N} works, and a shell request gets a clear no).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from twisted_rfwd import wire
+from twisted_rfwd.channel import Channel
+from twisted_rfwd.errors import ChannelOpenFailed
+from twisted_rfwd.mux import ChannelMux
+from twisted_rfwd.policy import listen_addresses
+from twisted_rfwd.server.auth import LoginIdentity
+from twisted_rfwd.server.config import ServerConfig
+from twisted_rfwd.server.listeners import BindError, ForwardListener, PortBinder, bind_forward
+
+__all__ = ["ForwardingServerConnection"]
+
+_REFUSALS = {
+    b"session": "rfwd-server only forwards ports: no shell, command or subsystem (use ssh -N)",
+    b"direct-tcpip": "rfwd-server does not do local (-L) or dynamic (-D) forwarding",
+    b"direct-streamlocal@openssh.com": "rfwd-server does not forward Unix sockets",
+}
+
+
+class ForwardingServerConnection(ChannelMux):
+    """One logged-in client's forwards."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        config: ServerConfig,
+        login: LoginIdentity,
+        binder: PortBinder,
+    ) -> None:
+        super().__init__(clock, window_size=config.window_size, max_packet=config.max_packet)
+        self.config = config
+        self.login = login
+        self.binder = binder
+        self.listeners: dict[tuple[str, int], ForwardListener] = {}
+
+    def serviceStarted(self) -> None:
+        self._log.info(
+            "Accepted publickey for {user} from {peer}: {key_type} {fingerprint}",
+            user=self.login.user,
+            peer=self.peer_description(),
+            key_type=self.login.key_type,
+            fingerprint=self.login.fingerprint,
+        )
+
+    def serviceStopped(self) -> None:
+        super().serviceStopped()
+        for listener in list(self.listeners.values()):
+            self._close_listener(listener, "the SSH connection ended")
+        self.listeners.clear()
+        self._log.info(
+            "Connection from {peer} for {user} closed",
+            peer=self.peer_description(),
+            user=self.login.user,
+        )
+
+    def global_request_received(self, name: bytes, data: bytes) -> bytes | None:
+        if name == b"tcpip-forward":
+            return self._forward(wire.TcpipForward.parse(data))
+        if name == b"cancel-tcpip-forward":
+            return self._cancel(wire.TcpipForward.parse(data, "cancel-tcpip-forward request"))
+        return None
+
+    def channel_open_requested(self, channel_type: bytes, data: bytes, channel: Channel) -> None:
+        reason = _REFUSALS.get(
+            channel_type, f"unknown channel type {channel_type.decode('ascii', 'replace')}"
+        )
+        self._log.info(
+            "Refused {channel_type} channel from {user} at {peer}: {reason}",
+            channel_type=channel_type.decode("ascii", "replace"),
+            user=self.login.user,
+            peer=self.peer_description(),
+            reason=reason,
+        )
+        code = (
+            wire.OPEN_UNKNOWN_CHANNEL_TYPE
+            if channel_type not in _REFUSALS
+            else wire.OPEN_ADMINISTRATIVELY_PROHIBITED
+        )
+        raise ChannelOpenFailed(code, reason)
+
+    def _forward(self, request: wire.TcpipForward) -> bytes | None:
+        address, port = request.address, request.port
+        refusal = self._policy_refusal(address, port)
+        if refusal:
+            self._refuse(address, port, refusal)
+            return None
+        if (address, port) in self.listeners and port != 0:
+            self._refuse(address, port, "this connection already forwards that port")
+            return None
+        listener = ForwardListener(self, address, self.login.user)
+        try:
+            bind_forward(
+                self.binder, listener, listen_addresses(address, self.config.gateway_ports), port
+            )
+        except BindError as e:
+            self._refuse(address, port, str(e))
+            return None
+        self.listeners[(address, listener.port)] = listener
+        self._log.info(
+            "Remote forward for {user}: listening on {bound} (requested {address!r} port {port})",
+            user=self.login.user,
+            bound=listener.describe(),
+            address=address,
+            port=port,
+        )
+        return wire.pack_uint32(listener.port) if port == 0 else b""
+
+    def _policy_refusal(self, address: str, port: int) -> str | None:
+        options = self.login.options
+        if not options.port_forwarding:
+            return "port forwarding is disabled for this key"
+        if not options.allows_listen(address, port):
+            return "not permitted by the key's permitlisten"
+        if not self.config.permit_listen.allows(address, port):
+            return "not permitted by PermitListen"
+        return None
+
+    def _refuse(self, address: str, port: int, reason: str) -> None:
+        self._log.warn(
+            "Refused remote forward for {user} from {peer}: address {address!r} port {port}: "
+            "{reason}",
+            user=self.login.user,
+            peer=self.peer_description(),
+            address=address,
+            port=port,
+            reason=reason,
+        )
+
+    def _cancel(self, request: wire.TcpipForward) -> bytes | None:
+        listener = self.listeners.pop((request.address, request.port), None)
+        if listener is None:
+            self._log.info(
+                "{user} cancelled a forward it does not have: {address!r} port {port}",
+                user=self.login.user,
+                address=request.address,
+                port=request.port,
+            )
+            return None
+        self._close_listener(listener, "cancelled by the client")
+        return b""
+
+    def _close_listener(self, listener: ForwardListener, why: str) -> None:
+        where = listener.describe()
+        listener.close()
+        self._log.info(
+            "Remote forward for {user} on {bound} closed: {why} ({count} connections forwarded)",
+            user=self.login.user,
+            bound=where,
+            why=why,
+            count=listener.connections,
+        )

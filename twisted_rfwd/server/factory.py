@@ -1,0 +1,93 @@
+"""
+The SSH server factory: host keys, the login portal, and which service runs when.
+
+This is the piece an embedding program listens with::
+
+    factory = ForwardingServerFactory(reactor, ServerConfig(host_keys=[key]))
+    serverFromString(reactor, "tcp:2222").listen(factory)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.conch.ssh.factory import SSHFactory
+from twisted.conch.ssh.service import SSHService
+from twisted.conch.ssh.transport import SSHServerTransport
+from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IReactorSocket, IReactorTime
+from twisted.logger import Logger
+
+from twisted_rfwd.server.auth import (
+    AuthorizedKeysChecker,
+    AuthorizedKeysFiles,
+    ForwardingAvatar,
+    ForwardingRealm,
+    ServerUserAuth,
+)
+from twisted_rfwd.server.config import ServerConfig
+from twisted_rfwd.server.connection import ForwardingServerConnection
+from twisted_rfwd.server.listeners import PortBinder, SocketBinder
+from twisted_rfwd.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
+
+__all__ = ["ForwardingServerFactory", "ServerTransport"]
+
+
+class ServerTransport(TransportMixin, SSHServerTransport):
+    """Conch's server transport with our algorithms and an honest C{server-sig-algs}."""
+
+    _log = Logger()
+
+    def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
+        # Conch advertises its host-key algorithms here; clients read this as the user-key
+        # algorithms we accept, and OpenSSH skips RSA keys if rsa-sha2-* are missing.
+        super().sendExtInfo([(b"server-sig-algs", b",".join(PUBLIC_KEY_ALGORITHMS))])
+
+
+class ForwardingServerFactory(SSHFactory):
+    """Serves remote forwarding to clients whose keys are in their authorized_keys."""
+
+    protocol = ServerTransport
+    noisy = False
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: ServerConfig,
+        binder: PortBinder | None = None,
+    ) -> None:
+        if not config.host_keys:
+            raise ValueError("ServerConfig.host_keys is empty: a server needs a host key")
+        self.reactor: IReactorTime = reactor
+        self.config = config
+        self.binder: PortBinder = (
+            binder if binder is not None else SocketBinder(IReactorSocket(reactor))
+        )
+        checker = AuthorizedKeysChecker(AuthorizedKeysFiles(config.authorized_keys), reactor)
+        self.portal = Portal(ForwardingRealm(), [checker])
+        self.privateKeys = {key.sshType(): key for key in config.host_keys}
+        self.publicKeys = {name: key.public() for name, key in self.privateKeys.items()}
+        self.primes = None
+
+    def getPrimes(self) -> None:
+        """No group-exchange moduli: the elliptic-curve exchanges are all we offer."""
+        return None
+
+    def buildProtocol(self, addr: Any) -> ServerTransport:
+        transport = super().buildProtocol(addr)
+        transport.supportedPublicKeys = [
+            name for name in transport.supportedPublicKeys if name in PUBLIC_KEY_ALGORITHMS
+        ]
+        return transport  # type: ignore[return-value]
+
+    def getService(self, transport: Any, service: bytes) -> Callable[[], SSHService] | None:
+        if service == b"ssh-userauth":
+            return lambda: ServerUserAuth(
+                self.reactor, self.config.login_grace_time, self.config.max_auth_tries
+            )
+        avatar = getattr(transport, "avatar", None)
+        if service == b"ssh-connection" and isinstance(avatar, ForwardingAvatar):
+            login = avatar.login
+            return lambda: ForwardingServerConnection(self.reactor, self.config, login, self.binder)
+        return None

@@ -1,0 +1,61 @@
+"""
+The server as a Twisted service: listen when started, stop listening when stopped, and report a
+failure to listen instead of running on with nothing to serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_rfwd._address import describe_address
+from twisted_rfwd.fingerprint import fingerprint
+from twisted_rfwd.server.factory import ForwardingServerFactory
+
+__all__ = ["ServerService"]
+
+_log = Logger()
+
+
+class ServerService(Service):
+    """Listens with a L{ForwardingServerFactory}; C{on_error} hears if it cannot."""
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: ForwardingServerFactory,
+        on_error: Callable[[str], None],
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.on_error = on_error
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        for key in self.factory.config.host_keys:
+            _log.info(
+                "Host key {key_type} {fingerprint}",
+                key_type=key.sshType().decode("ascii"),
+                fingerprint=fingerprint(key),
+            )
+        self.endpoint.listen(self.factory).addCallbacks(self._listening, self._failed)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        _log.info("rfwd-server listening on {address}", address=describe_address(port.getHost()))
+
+    def _failed(self, failure: Failure) -> None:
+        self.on_error(f"cannot listen for SSH connections: {failure.getErrorMessage()}")
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self.port is None:
+            return succeed(None)
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening).addCallback(lambda _: None)

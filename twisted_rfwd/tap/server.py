@@ -1,0 +1,103 @@
+"""C{twistd rfwd-server}: the SSH server end (HostB)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.conch.ssh.keys import Key
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from twisted_rfwd.errors import ConfigError
+from twisted_rfwd.policy import GatewayPorts, ListenPolicy
+from twisted_rfwd.server.config import ServerConfig
+from twisted_rfwd.server.factory import ForwardingServerFactory
+from twisted_rfwd.server.host_keys import default_state_directory, ensure_host_key, load_host_key
+from twisted_rfwd.server.service import ServerService
+from twisted_rfwd.tap._exit import ExitStatus
+
+__all__ = ["Options", "makeService"]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "An SSH server that does remote port forwarding (ssh -R) and nothing else. "
+        "Clients log in with public keys listed in their authorized_keys."
+    )
+
+    optParameters = [
+        ["listen", None, "tcp:2222", "Where to serve SSH (a Twisted server endpoint string)."],
+        [
+            "authorized-keys",
+            None,
+            "%h/.ssh/authorized_keys",
+            "authorized_keys file; %u is the user name, %h their home directory.",
+        ],
+        [
+            "state-dir",
+            None,
+            None,
+            f"Where the generated host key is kept [default: {default_state_directory()}].",
+        ],
+        [
+            "gateway-ports",
+            None,
+            "no",
+            "sshd's GatewayPorts: no (loopback only), yes, or clientspecified.",
+        ],
+        [
+            "permit-listen",
+            None,
+            "any",
+            "sshd's PermitListen: any, none, or a space-separated list of [host:]port.",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["host-key"] = []
+
+    def opt_host_key(self, path: str) -> None:
+        """Private host key (OpenSSH format); repeatable.  Default: one generated in
+        the state directory."""
+        self["host-key"].append(path)
+
+    def postOptions(self) -> None:
+        try:
+            self["host-keys"] = [load_host_key(path) for path in self["host-key"]]
+            self["gateway-ports-policy"] = GatewayPorts.parse(self["gateway-ports"])
+            self["permit-listen-policy"] = ListenPolicy.parse([self["permit-listen"]])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+_log = Logger()
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    host_keys: list[Key] = options["host-keys"]
+    if not host_keys:
+        state = Path(options["state-dir"]) if options["state-dir"] else default_state_directory()
+        key, path, generated = ensure_host_key(state)
+        host_keys = [key]
+        if generated:
+            _log.info("Generated a new ed25519 host key in {path}", path=str(path))
+        else:
+            _log.info("Using host key {path}", path=str(path))
+    config = ServerConfig(
+        host_keys=host_keys,
+        authorized_keys=options["authorized-keys"],
+        gateway_ports=options["gateway-ports-policy"],
+        permit_listen=options["permit-listen-policy"],
+    )
+    r: Any = reactor
+    status = ExitStatus(r)
+    factory = ForwardingServerFactory(r, config)
+    endpoint = serverFromString(r, options["listen"])
+    return ServerService(endpoint, factory, status.fail)

@@ -1,0 +1,51 @@
+"""
+Receive-window accounting for one channel (RFC 4254 section 5.2), kept apart from I/O.
+
+The peer may send as many bytes as we have granted.  We grant more only for bytes that the local
+consumer has actually taken, and in batches, so a slow reader stops the sender instead of filling
+our memory, and a fast one is never starved.
+"""
+
+from __future__ import annotations
+
+from twisted_rfwd.errors import RemoteProtocolError
+
+
+class ReceiveWindow:
+    """Bytes the peer may still send (C{available}) and credit owed back to it."""
+
+    __slots__ = ("_consumed", "available", "max_packet", "size")
+
+    def __init__(self, size: int, max_packet: int) -> None:
+        self.size = size
+        self.max_packet = max_packet
+        self.available = size
+        self._consumed = 0
+
+    def data_received(self, length: int) -> None:
+        """Charge C{length} received bytes; the peer must stay inside window and packet size."""
+        if length > self.available:
+            raise RemoteProtocolError(
+                f"peer sent {length} bytes with only {self.available} left in the window"
+            )
+        if length > self.max_packet:
+            raise RemoteProtocolError(
+                f"peer sent a {length}-byte packet; the maximum is {self.max_packet}"
+            )
+        self.available -= length
+
+    def consumed(self, length: int) -> None:
+        """Record that the local consumer took C{length} bytes."""
+        self._consumed += length
+
+    def credit_due(self) -> int:
+        """
+        How much to grant now (0 for nothing): all consumed bytes, once the peer's remaining
+        window has fallen to half or less, so adjustments are few and never leave it starved.
+        """
+        if self._consumed and self.available <= self.size // 2:
+            credit = self._consumed
+            self._consumed = 0
+            self.available += credit
+            return credit
+        return 0
