@@ -1,0 +1,1 @@
+"""twisted-rfwd's tests; run with the README's test command."""
