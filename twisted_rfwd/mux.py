@@ -242,7 +242,11 @@ class ChannelMux(SSHService):
         d.addCallback(self._reply_ready, slot)
 
     def _request_handler_failed(self, failure: Failure, name: bytes) -> Any:
-        self._log.failure("Error handling global request {name!r}", failure=failure, name=name)
+        if failure.check(RemoteProtocolError):
+            self.protocol_error(failure.getErrorMessage())
+        else:
+            self._log.failure("Error handling global request {name!r}", failure=failure, name=name)
+        return None
 
     def _reply_ready(self, result: Any, slot: _PendingReply) -> None:
         slot.done = True

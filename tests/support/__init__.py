@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: fakes, in-memory wiring, real processes on loopback."""

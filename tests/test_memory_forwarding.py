@@ -1,0 +1,354 @@
+"""
+rfwd-client and rfwd-server end to end, in memory: real SSH (key exchange, auth, channels) over
+iosim, fake sockets at both forwarded ends, no real time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.trial.unittest import TestCase
+
+from tests.support.keys import new_key, public_line
+from tests.support.memory import MemoryRig
+from twisted_rfwd import wire
+from twisted_rfwd.client.tunnel import ForwardStatus, Tunnel
+from twisted_rfwd.errors import (
+    AuthenticationFailed,
+    ChannelOpenFailed,
+    ForwardRefused,
+    UnknownHostKey,
+)
+from twisted_rfwd.mux import GlobalRequestFailed
+from twisted_rfwd.server.connection import ForwardingServerConnection
+from twisted_rfwd.spec import RemoteForward, parse_remote_forward
+
+
+def forward(spec: str) -> RemoteForward:
+    return parse_remote_forward(spec)
+
+
+class ForwardingTests(TestCase):
+    def rig(self, *specs: str, **server_options: object) -> MemoryRig:
+        tmp = Path(self.mktemp())
+        tmp.mkdir()
+        return MemoryRig(tmp, [forward(s) for s in specs], **server_options)
+
+    def ready(self, rig: MemoryRig) -> Tunnel:
+        return self.successResultOf(rig.connect())
+
+    def server_connection(self, rig: MemoryRig) -> ForwardingServerConnection:
+        assert rig.server is not None
+        service = rig.server.service
+        assert isinstance(service, ForwardingServerConnection)
+        return service
+
+    def test_forward_relays_both_ways(self) -> None:
+        """A connection to the server's port reaches the destination; replies come back."""
+        rig = self.rig("8080:127.0.0.1:80")
+        tunnel = self.ready(rig)
+        self.assertEqual(tunnel.forwards[0].status, ForwardStatus.LISTENING)
+        self.assertEqual(tunnel.forwards[0].port, 8080)
+        bound = sorted(p.address for _, p in rig.binder.listening(8080))
+        self.assertEqual(bound, ["127.0.0.1", "::1"])
+
+        app = rig.app_connects(8080)
+        host, port, _ = rig.reactor.tcpClients[-1][:3]
+        self.assertEqual((host, port), ("127.0.0.1", 80))
+        destination = rig.destination_accepts()
+        app.receive(b"hello")
+        rig.flush()
+        self.assertEqual(destination.drain(), b"hello")
+        destination.receive(b"world")
+        rig.flush()
+        self.assertEqual(app.drain(), b"world")
+        self.assertTrue(destination.nodelay)
+
+    def test_forwarded_channel_names_the_forward_and_originator(self) -> None:
+        """The forwarded-tcpip open carries the requested address string, port and originator."""
+        rig = self.rig("8080:127.0.0.1:80")
+        tunnel = self.ready(rig)
+        seen: list[tuple[str, int]] = []
+        original = tunnel.forward_for
+
+        def spy(address: str, port: int) -> RemoteForward | None:
+            seen.append((address, port))
+            return original(address, port)
+
+        tunnel.forward_for = spy  # type: ignore[method-assign]
+        rig.app_connects(8080, peer_port=51234)
+        self.assertEqual(seen, [("localhost", 8080)])
+
+    def test_nothing_is_read_before_the_channel_is_confirmed(self) -> None:
+        """The accepted socket is not read until the client has connected the destination."""
+        rig = self.rig("8080:127.0.0.1:80")
+        self.ready(rig)
+        app = rig.app_connects(8080)
+        self.assertTrue(app.reading_paused)
+        app.receive(b"early bytes")
+        rig.flush()
+        self.assertEqual(app.inbound, [b"early bytes"])
+        destination = rig.destination_accepts()
+        self.assertFalse(app.reading_paused)
+        rig.flush()
+        self.assertEqual(destination.drain(), b"early bytes")
+
+    def test_port_zero_is_allocated_and_reported(self) -> None:
+        """Port 0: the server picks a port, uses it for both families, and says which."""
+        rig = self.rig("0:127.0.0.1:80")
+        tunnel = self.ready(rig)
+        state = tunnel.forwards[0]
+        self.assertEqual(state.status, ForwardStatus.LISTENING)
+        self.assertEqual(state.port, 40001)
+        self.assertEqual(len(rig.binder.listening(40001)), 2)
+        rig.app_connects(40001)
+        destination = rig.destination_accepts()
+        self.assertFalse(destination.closed)
+
+    def test_cancel_closes_listener_but_not_connections(self) -> None:
+        """cancel-tcpip-forward stops listening; a connection already forwarded keeps flowing."""
+        rig = self.rig("8080:127.0.0.1:80")
+        tunnel = self.ready(rig)
+        app = rig.app_connects(8080)
+        destination = rig.destination_accepts()
+        d = tunnel.cancel_forward(tunnel.forwards[0].spec)
+        rig.flush()
+        self.successResultOf(d)
+        self.assertEqual(rig.binder.listening(8080), [])
+        self.assertEqual(tunnel.forwards[0].status, ForwardStatus.CANCELLED)
+        app.receive(b"still here")
+        rig.flush()
+        self.assertEqual(destination.drain(), b"still here")
+
+    def test_busy_port_is_refused_and_others_carry_on(self) -> None:
+        """A port in use is refused; the client warns and keeps the forwards that worked."""
+        rig = self.rig("8080:127.0.0.1:80", "8081:127.0.0.1:81")
+        rig.binder.busy.add(8080)
+        tunnel = self.ready(rig)
+        self.assertEqual(
+            [s.status for s in tunnel.forwards],
+            [ForwardStatus.REFUSED, ForwardStatus.LISTENING],
+        )
+        self.assertEqual(
+            tunnel.forwards[0].error,
+            "remote port forwarding failed for listen port 8080:127.0.0.1:80",
+        )
+        rig.app_connects(8081)
+        destination = rig.destination_accepts()
+        self.assertFalse(destination.closed)
+
+    def test_exit_on_forward_failure_fails_the_tunnel(self) -> None:
+        """With ExitOnForwardFailure=yes a refused forward fails the connection attempt."""
+        rig = self.rig("8080:127.0.0.1:80")
+        rig.binder.busy.add(8080)
+        rig.client_config.exit_on_forward_failure = True
+        failure = self.failureResultOf(rig.connect(), ForwardRefused)
+        self.assertIn("8080", str(failure.value))
+        closed = self.successResultOf(rig.tunnel.when_closed())
+        self.assertIsInstance(closed, ForwardRefused)
+
+    def test_destination_refused_closes_the_application_socket(self) -> None:
+        """A refused destination: OPEN_FAILURE, the server closes the socket, the tunnel stays."""
+        rig = self.rig("8080:127.0.0.1:80")
+        tunnel = self.ready(rig)
+        app = rig.app_connects(8080)
+        rig.destination_refuses()
+        self.assertTrue(app.closed)
+        self.assertEqual(app.drain(), b"")
+        self.assertEqual(self.server_connection(rig).channels, {})
+        # The tunnel carries on: a second connection works.
+        app2 = rig.app_connects(8080, peer_port=50001)
+        destination = rig.destination_accepts()
+        app2.receive(b"ok")
+        rig.flush()
+        self.assertEqual(destination.drain(), b"ok")
+        self.assertIsNotNone(tunnel.connection)
+
+    def test_half_close_carries_eof_both_ways(self) -> None:
+        """EOF from the application reaches the destination; its reply after EOF comes back."""
+        rig = self.rig("8080:127.0.0.1:80")
+        self.ready(rig)
+        app = rig.app_connects(8080)
+        destination = rig.destination_accepts()
+        app.receive(b"request")
+        app.receive_eof()
+        rig.flush()
+        self.assertEqual(destination.drain(), b"request")
+        self.assertTrue(destination.write_closed)
+        self.assertFalse(destination.closed)
+        destination.receive(b"reply after eof")
+        destination.receive_eof()
+        rig.flush()
+        self.assertEqual(app.drain(), b"reply after eof")
+        rig.flush()
+        self.assertTrue(app.closed)
+        self.assertTrue(destination.closed)
+        self.assertEqual(self.server_connection(rig).channels, {})
+        assert rig.tunnel.connection is not None
+        self.assertEqual(rig.tunnel.connection.channels, {})
+
+    def test_slow_reader_pauses_the_sender(self) -> None:
+        """A destination that stops reading stops the application's socket being read."""
+        rig = self.rig("8080:127.0.0.1:80")
+        self.ready(rig)
+        app = rig.app_connects(8080)
+        destination = rig.destination_accepts()
+        chunk = bytes(range(256)) * 256  # 64 KiB
+        sent = 0
+        for _ in range(200):  # offer up to 12.5 MiB
+            if app.reading_paused:
+                break
+            app.receive(chunk)
+            sent += len(chunk)
+            rig.flush()
+        self.assertTrue(app.reading_paused, "the application socket was never paused")
+        buffered = len(destination.written)
+        window = rig.client_config.window_size
+        self.assertLessEqual(buffered, window + len(chunk))
+        self.assertLess(sent, 4 * window)
+        # The reader catches up: everything arrives, in order.
+        received = bytearray()
+        for _ in range(1000):
+            received += destination.drain()
+            rig.flush()
+            if not app.inbound and not destination.written:
+                break
+        self.assertEqual(len(received), sent)
+        self.assertEqual(bytes(received), chunk * (sent // len(chunk)))
+
+    def test_slow_application_pauses_the_destination(self) -> None:
+        """Back-pressure the other way: an application that stops reading pauses the destination."""
+        rig = self.rig("8080:127.0.0.1:80")
+        self.ready(rig)
+        app = rig.app_connects(8080)
+        destination = rig.destination_accepts()
+        chunk = b"x" * 65536
+        for _ in range(200):
+            if destination.reading_paused:
+                break
+            destination.receive(chunk)
+            rig.flush()
+        self.assertTrue(destination.reading_paused)
+        self.assertLessEqual(len(app.written), rig.server_config.window_size + len(chunk))
+
+    def test_session_channel_is_refused(self) -> None:
+        """The server refuses session channels with a reason: it only forwards."""
+        rig = self.rig("8080:127.0.0.1:80")
+        tunnel = self.ready(rig)
+        assert tunnel.connection is not None
+        channel = tunnel.connection.open_channel(b"session", b"")
+        rig.flush()
+        error = self.failureResultOf(channel.when_opened(), ChannelOpenFailed).value
+        self.assertEqual(error.code, wire.OPEN_ADMINISTRATIVELY_PROHIBITED)
+        self.assertIn("only forwards ports", error.description)
+
+    def test_forwarded_channel_for_unknown_port_is_refused(self) -> None:
+        """The client refuses a forwarded-tcpip channel that matches none of its forwards."""
+        rig = self.rig("8080:127.0.0.1:80")
+        self.ready(rig)
+        server = self.server_connection(rig)
+        payload = wire.ForwardedTcpip("localhost", 9999, "192.0.2.1", 5555).pack()
+        channel = server.open_channel(b"forwarded-tcpip", payload)
+        rig.flush()
+        error = self.failureResultOf(channel.when_opened(), ChannelOpenFailed).value
+        self.assertEqual(error.code, wire.OPEN_ADMINISTRATIVELY_PROHIBITED)
+        self.assertEqual(error.description, "unknown listen_port")
+        self.assertEqual(rig.reactor.tcpClients, [])
+
+    def test_global_requests_are_answered_in_order(self) -> None:
+        """Unknown requests fail, known ones succeed, and replies keep the request order."""
+        rig = self.rig("8080:127.0.0.1:80")
+        tunnel = self.ready(rig)
+        assert tunnel.connection is not None
+        connection = tunnel.connection
+        first = connection.send_global_request(b"no-such-request@example.com", b"")
+        second = connection.send_global_request(
+            b"tcpip-forward", wire.TcpipForward("localhost", 9090).pack()
+        )
+        third = connection.send_global_request(b"keepalive@openssh.com", b"")
+        rig.flush()
+        self.failureResultOf(first, GlobalRequestFailed)
+        self.assertEqual(self.successResultOf(second), b"")
+        self.failureResultOf(third, GlobalRequestFailed)
+        self.assertEqual(len(rig.binder.listening(9090)), 2)
+
+    def test_malformed_request_disconnects_with_a_reason(self) -> None:
+        """A truncated tcpip-forward is a protocol error: disconnect, saying what was wrong."""
+        rig = self.rig("8080:127.0.0.1:80")
+        tunnel = self.ready(rig)
+        assert tunnel.connection is not None
+        reply = tunnel.connection.send_global_request(b"tcpip-forward", b"\x00\x00\x00\x09loc")
+        rig.flush()
+        self.failureResultOf(reply)
+        reason = self.successResultOf(tunnel.when_closed())
+        self.assertIn("malformed tcpip-forward request", str(reason))
+        self.assertEqual(rig.binder.listening(8080), [])
+
+    def test_connection_loss_closes_listeners_and_connections(self) -> None:
+        """When the SSH connection goes, the server stops listening and closes forwarded sockets."""
+        rig = self.rig("8080:127.0.0.1:80")
+        tunnel = self.ready(rig)
+        app = rig.app_connects(8080)
+        destination = rig.destination_accepts()
+        rig.disconnect()
+        self.assertEqual(rig.binder.listening(8080), [])
+        self.assertTrue(app.closed)
+        self.assertTrue(destination.closed)
+        reason = self.successResultOf(tunnel.when_closed())
+        self.assertIn("server.test port 2222", str(reason))
+
+    def test_key_options_restrict_forwarding(self) -> None:
+        """permitlisten in authorized_keys limits which ports a key may forward."""
+        tmp = Path(self.mktemp())
+        tmp.mkdir()
+        rig = MemoryRig(tmp, [forward("8080:127.0.0.1:80"), forward("9090:127.0.0.1:90")])
+        # Rewrite the authorized key with an option, keeping the same key.
+        line = b'permitlisten="localhost:9090" ' + public_line(rig.user_key)
+        Path(rig.server_config.authorized_keys).write_bytes(line + b"\n")
+        tunnel = self.ready(rig)
+        self.assertEqual(
+            [s.status for s in tunnel.forwards],
+            [ForwardStatus.REFUSED, ForwardStatus.LISTENING],
+        )
+
+
+class LoginTests(TestCase):
+    def test_unauthorized_key_is_refused(self) -> None:
+        """A key missing from authorized_keys fails with AuthenticationFailed naming it."""
+        tmp = Path(self.mktemp())
+        tmp.mkdir()
+        rig = MemoryRig(tmp, [forward("8080:127.0.0.1:80")])
+        Path(rig.server_config.authorized_keys).write_bytes(public_line(new_key()) + b"\n")
+        error = self.failureResultOf(rig.connect(), AuthenticationFailed).value
+        self.assertEqual(error.user, "alice")
+        self.assertEqual(len(error.tried), 1)
+        self.assertIn("publickey", error.server_methods)
+        self.assertEqual(rig.binder.bound, [])
+
+    def test_rsa_key_logs_in_with_sha2_signature(self) -> None:
+        """An RSA user key authenticates (rsa-sha2-512, not SHA-1 ssh-rsa)."""
+        from twisted_rfwd.client.identity import Identity
+
+        tmp = Path(self.mktemp())
+        tmp.mkdir()
+        rig = MemoryRig(tmp, [forward("8080:127.0.0.1:80")])
+        rsa = new_key("rsa")
+        Path(rig.server_config.authorized_keys).write_bytes(public_line(rsa) + b"\n")
+        rig.client_config.identities = [Identity(rsa, "rsa key")]
+        tunnel = self.successResultOf(rig.connect())
+        self.assertEqual(tunnel.forwards[0].status, ForwardStatus.LISTENING)
+
+    def test_unknown_host_key_is_fatal_under_strict_checking(self) -> None:
+        """StrictHostKeyChecking=yes and an unknown host key: refused, with the fingerprint."""
+        from twisted_rfwd.client.config import HostKeyPolicy
+        from twisted_rfwd.fingerprint import fingerprint
+
+        tmp = Path(self.mktemp())
+        tmp.mkdir()
+        rig = MemoryRig(tmp, [forward("8080:127.0.0.1:80")])
+        rig.client_config.strict_host_key_checking = HostKeyPolicy.YES
+        rig.tunnel = Tunnel(rig.reactor, rig.client_config)
+        error = self.failureResultOf(rig.connect(), UnknownHostKey).value
+        self.assertEqual(error.fingerprint, fingerprint(rig.server_config.host_keys[0]))
+        self.assertIn("[server.test]:2222", str(error))
+        self.assertEqual(rig.binder.bound, [])
