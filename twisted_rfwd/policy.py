@@ -118,6 +118,6 @@ def parse_listen_permission(text: str) -> ListenPermission:
         host = None
     if port_text == "*":
         return ListenPermission(host, None)
-    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) <= 65535:
         raise ConfigError(f"bad port in listen permission '{text}'")
     return ListenPermission(host, int(port_text))

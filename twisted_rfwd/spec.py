@@ -116,7 +116,7 @@ def _split_fields(spec: str) -> list[str]:
 
 
 def _port(spec: str, text: str, what: str) -> int:
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         port = int(text)
         if port > 65535:
             raise BadForwardSpec(spec, f"{what} {text} is out of range")
@@ -125,7 +125,7 @@ def _port(spec: str, text: str, what: str) -> int:
         raise BadForwardSpec(spec, f"the {what} is empty")
     try:
         return socket.getservbyname(text, "tcp")
-    except OSError:
+    except (OSError, ValueError):
         raise BadForwardSpec(spec, f"{what} '{text}' is not a number or a known service") from None
 
 

@@ -120,7 +120,7 @@ class SSHOptions:
         value = self.get(name)
         if value is None:
             return None
-        if not value.isdigit() or not low <= int(value) <= high:
+        if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
             raise ConfigError(f"{name} must be a number from {low} to {high}, not '{value}'")
         return int(value)
 
