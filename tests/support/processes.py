@@ -1,0 +1,216 @@
+"""
+Child processes started by tests (rfwd plugins, sshd, ssh): their output, waits with deadlines,
+and a stop that always happens (registered as a test cleanup when the process starts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, TestCase
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+class ProcessFailed(Exception):
+    """A process ended, or never printed what we waited for."""
+
+
+class ChildProcess(ProcessProtocol):
+    """One child: output lines kept, line waits, and the exit status."""
+
+    def __init__(self, name: str, reactor: Any) -> None:
+        self.name = name
+        self.reactor = reactor
+        self.lines: list[str] = []
+        self._partial = {1: b"", 2: b""}
+        self._waiters: list[tuple[re.Pattern[str], Deferred[re.Match[str]]]] = []
+        self.exit_code: int | None = None
+        self.exit_signal: int | None = None
+        self._end_waiters: list[Deferred[None]] = []
+        self.ended = False
+
+    @property
+    def pid(self) -> int:
+        assert self.transport is not None
+        pid = self.transport.pid
+        assert isinstance(pid, int)
+        return pid
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        buffered = self._partial.get(childFD, b"") + data
+        *complete, self._partial[childFD] = buffered.split(b"\n")
+        for raw in complete:
+            self._line(raw.decode("utf-8", "replace").rstrip("\r"))
+
+    def _line(self, line: str) -> None:
+        self.lines.append(line)
+        for pattern, d in list(self._waiters):
+            match = pattern.search(line)
+            if match:
+                self._waiters.remove((pattern, d))
+                d.callback(match)
+
+    def processEnded(self, reason: Failure) -> None:
+        for fd, rest in self._partial.items():
+            if rest:
+                self._line(rest.decode("utf-8", "replace"))
+                self._partial[fd] = b""
+        if reason.check(ProcessDone):
+            self.exit_code = 0
+        elif isinstance(reason.value, ProcessTerminated):
+            self.exit_code = reason.value.exitCode
+            self.exit_signal = reason.value.signal
+        self.ended = True
+        waiters, self._waiters = self._waiters, []
+        for pattern, d in waiters:
+            d.errback(
+                ProcessFailed(
+                    f"{self.name} ended (exit {self.exit_code}, signal {self.exit_signal}) "
+                    f"before printing /{pattern.pattern}/:\n{self.output()}"
+                )
+            )
+        end_waiters, self._end_waiters = self._end_waiters, []
+        for waiter in end_waiters:
+            waiter.callback(None)
+
+    def output(self, last: int = 60) -> str:
+        return "\n".join(self.lines[-last:])
+
+    def find(self, pattern: str) -> re.Match[str] | None:
+        """The first line already printed that matches."""
+        compiled = re.compile(pattern)
+        for line in self.lines:
+            match = compiled.search(line)
+            if match:
+                return match
+        return None
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> Deferred[re.Match[str]]:
+        """Fires with the match once a line matching C{pattern} is printed."""
+        match = self.find(pattern)
+        if match:
+            return defer.succeed(match)
+        if self.ended:
+            return defer.fail(ProcessFailed(f"{self.name} already ended:\n{self.output()}"))
+        d: Deferred[re.Match[str]] = Deferred()
+        compiled = re.compile(pattern)
+        self._waiters.append((compiled, d))
+
+        def timed_out(failure: Failure) -> Failure:
+            if failure.check(defer.TimeoutError):
+                if (compiled, d) in self._waiters:
+                    self._waiters.remove((compiled, d))
+                raise ProcessFailed(
+                    f"{self.name} did not print /{pattern}/ within {timeout}s:\n{self.output()}"
+                )
+            return failure
+
+        return d.addTimeout(timeout, self.reactor).addErrback(timed_out)
+
+    def wait_ended(self, timeout: float = 30.0) -> Deferred[None]:
+        """Fires once the process has exited."""
+        if self.ended:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._end_waiters.append(d)
+        return d.addTimeout(timeout, self.reactor)
+
+    def signal(self, number: int) -> None:
+        if self.ended or self.transport is None:
+            return
+        with contextlib.suppress(ProcessExitedAlready):
+            self.transport.signalProcess(number)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it lingers; returns once the process is gone."""
+        if self.ended:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            await self.wait_ended(grace)
+        except defer.TimeoutError:
+            self.signal(signal.SIGKILL)
+            await self.wait_ended(grace)
+
+    def rss_kib(self) -> int:
+        """Resident memory of the process now."""
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise ProcessFailed(f"no VmRSS for {self.name}")
+
+
+def spawn(
+    test: TestCase,
+    reactor: Any,
+    name: str,
+    argv: Sequence[str],
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> ChildProcess:
+    """Start a child whose stop is a cleanup of C{test}."""
+    child = ChildProcess(name, reactor)
+    environment = dict(os.environ)
+    environment.update(env or {})
+    reactor.spawnProcess(
+        child, argv[0], list(argv), env=environment, path=cwd, childFDs={0: "w", 1: "r", 2: "r"}
+    )
+    test.addCleanup(lambda: defer.Deferred.fromCoroutine(child.stop()))
+    return child
+
+
+def twistd_argv(plugin: str, *arguments: str) -> list[str]:
+    """Run this checkout's twistd plugin (PYTHONPATH set by L{plugin_env})."""
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+        "-n",
+        "--pidfile=",
+        plugin,
+        *arguments,
+    ]
+
+
+def plugin_env() -> dict[str, str]:
+    """Make the checkout's twisted_rfwd and plugin file win over any installed copy."""
+    existing = os.environ.get("PYTHONPATH")
+    path = str(REPOSITORY) if not existing else f"{REPOSITORY}{os.pathsep}{existing}"
+    return {"PYTHONPATH": path}
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def openssh_binary(name: str) -> str:
+    """Path of an OpenSSH program; skip the test if missing, unless CI requires OpenSSH."""
+    found = shutil.which(name)
+    if found:
+        return found
+    if os.path.exists(f"/usr/sbin/{name}"):
+        return f"/usr/sbin/{name}"
+    message = f"OpenSSH's {name} is not installed"
+    if os.environ.get("RFWD_REQUIRE_OPENSSH"):
+        raise ProcessFailed(message + " (RFWD_REQUIRE_OPENSSH is set)")
+    raise SkipTest(message)
