@@ -98,7 +98,7 @@ class AppServerProtocol(Protocol):
             self.factory.connections.remove(self)
 
 
-class AppServerFactory(Factory):
+class AppServerFactory(Factory[AppServerProtocol]):
     noisy = False
 
     def buildProtocol(self, addr: object) -> AppServerProtocol:
