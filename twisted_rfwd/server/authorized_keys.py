@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -107,7 +108,7 @@ def _parse_line(line: str, where: str) -> AuthorizedKey:
         raise ConfigError("expected 'keytype base64-key [comment]'")
     try:
         key = Key.fromString(f"{fields[0]} {fields[1]}".encode("ascii"))
-    except (BadKeyError, ValueError, UnicodeEncodeError) as e:
+    except (BadKeyError, ValueError, UnicodeEncodeError, struct.error) as e:
         raise ConfigError(f"unusable key: {e}") from None
     return AuthorizedKey(key, options, where)
 
