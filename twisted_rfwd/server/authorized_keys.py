@@ -9,6 +9,7 @@ and have nothing to restrict.  An unknown option makes the whole line unusable, 
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import ipaddress
 import struct
@@ -108,8 +109,13 @@ def _parse_line(line: str, where: str) -> AuthorizedKey:
         raise ConfigError("expected 'keytype base64-key [comment]'")
     try:
         key = Key.fromString(f"{fields[0]} {fields[1]}".encode("ascii"))
+        blob = base64.decodebytes(fields[1].encode("ascii"))
     except (BadKeyError, ValueError, UnicodeEncodeError, struct.error) as e:
         raise ConfigError(f"unusable key: {e}") from None
+    # Conch ignores the stated type and reads lengths leniently (a truncated RSA modulus parses
+    # as a different, shorter one), so insist the key says what the line says, byte for byte.
+    if key.sshType() != fields[0].encode("ascii") or key.blob() != blob:
+        raise ConfigError(f"unusable key: the {fields[0]} key data is corrupt")
     return AuthorizedKey(key, options, where)
 
 
