@@ -26,7 +26,15 @@ from tests.support.processes import (
     twistd_argv,
 )
 
-__all__ = ["Keys", "make_keys", "start_rfwd_client", "start_rfwd_server", "start_ssh", "start_sshd"]
+__all__ = [
+    "Keys",
+    "make_keys",
+    "ssh_config",
+    "start_rfwd_client",
+    "start_rfwd_server",
+    "start_ssh",
+    "start_sshd",
+]
 
 
 @dataclass
@@ -115,6 +123,7 @@ def start_rfwd_client(
     ssh_port: int,
     forwards: list[str],
     *options: str,
+    host_key_checking: str = "accept-new",
 ) -> ChildProcess:
     """rfwd-client with C{-R} for each forward; trusts the server's key on first use."""
     arguments = [
@@ -123,7 +132,7 @@ def start_rfwd_client(
         "-i",
         str(keys.user_key),
         "-o",
-        "StrictHostKeyChecking=accept-new",
+        f"StrictHostKeyChecking={host_key_checking}",
         "-o",
         f"UserKnownHostsFile={keys.workdir / 'known_hosts'}",
         *options,
@@ -151,11 +160,8 @@ Host rfwd-test
 """
 
 
-def start_ssh(
-    test: TestCase, reactor: Any, keys: Keys, ssh_port: int, forwards: list[str]
-) -> ChildProcess:
-    """OpenSSH's C{ssh -N -F file -R ...}."""
-    ssh = openssh_binary("ssh")
+def ssh_config(keys: Keys, ssh_port: int) -> Path:
+    """An C{ssh -F} file for host C{rfwd-test}: our key, our port, a known_hosts of its own."""
     config = keys.workdir / "ssh_config"
     config.write_text(
         SSH_CONFIG.format(
@@ -165,7 +171,15 @@ def start_ssh(
             known_hosts=keys.workdir / "known_hosts_ssh",
         )
     )
-    arguments = [ssh, "-N", "-F", str(config)]
+    return config
+
+
+def start_ssh(
+    test: TestCase, reactor: Any, keys: Keys, ssh_port: int, forwards: list[str]
+) -> ChildProcess:
+    """OpenSSH's C{ssh -N -F file -R ...}."""
+    ssh = openssh_binary("ssh")
+    arguments = [ssh, "-N", "-F", str(ssh_config(keys, ssh_port))]
     for spec in forwards:
         arguments += ["-R", spec]
     arguments.append("rfwd-test")

@@ -14,7 +14,11 @@ from enum import Enum
 from typing import Any
 
 from twisted.conch.ssh.keys import Key
-from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHClientTransport
+from twisted.conch.ssh.transport import (
+    DISCONNECT_BY_APPLICATION,
+    DISCONNECT_HOST_KEY_NOT_VERIFIABLE,
+    SSHClientTransport,
+)
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -225,9 +229,10 @@ class ClientTransport(TransportMixin, SSHClientTransport):
         try:
             self.tunnel.known_hosts.verify(Key.fromString(hostKey))
         except HostKeyError as e:
-            _log.error("{error}", error=str(e))
             self.tunnel.fail(e)
-            return fail(e)
+            # Disconnect here: Conch's own errback would send the peer a traceback.
+            self.sendDisconnect(DISCONNECT_HOST_KEY_NOT_VERIFIABLE, b"host key verification failed")
+            return Deferred()
         return succeed(True)
 
     def connectionSecure(self) -> None:
