@@ -87,10 +87,12 @@ class ForwardListener:
         self.user = user
         self.port = 0
         self.ports: list[IListeningPort] = []
+        self.addresses: list[str] = []
         self.connections = 0
 
     def describe(self) -> str:
-        return ", ".join(describe_address(p.getHost()) for p in self.ports)
+        """Where it listens, as C{127.0.0.1:8080, [::1]:8080}."""
+        return ", ".join(self.addresses)
 
     def open_channel(self, originator: object) -> Channel:
         """A connection arrived: ask the client for a C{forwarded-tcpip} channel."""
@@ -167,9 +169,11 @@ def bind_forward(
         except OSError as e:
             failures.append((address, port, e.strerror or str(e)))
             continue
+        host = bound.getHost()
         listener.ports.append(bound)
+        listener.addresses.append(describe_address(host))
         if port == 0:
-            port = int(getattr(bound.getHost(), "port", 0))
+            port = int(getattr(host, "port", 0))
         listener.port = port
     if not listener.ports:
         raise BindError(failures)
