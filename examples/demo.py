@@ -24,7 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.conch.ssh.keys import Key
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
@@ -64,9 +64,11 @@ class Collect(Protocol):
 
 async def ask(reactor: Any, port: int, message: bytes) -> bytes:
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    protocol = await endpoint.connect(Factory.forProtocol(lambda: Collect(len(message))))
+    protocol = Collect(len(message))
+    await endpoint.connect(Factory.forProtocol(lambda: protocol))
+    assert protocol.transport is not None
     protocol.transport.write(message)
-    answer = await protocol.done
+    answer: bytes = await protocol.done
     protocol.transport.loseConnection()
     return answer
 
@@ -131,8 +133,8 @@ async def main(reactor: Any, keep_running: bool) -> None:
         print(f"\nTry it: echo hi | nc 127.0.0.1 {port}    (Ctrl-C to stop)")
         await Deferred()
     await tunnel.close()
-    await ssh.stopListening()
-    await app.stopListening()
+    await maybeDeferred(ssh.stopListening)
+    await maybeDeferred(app.stopListening)
     shutil.rmtree(workdir)
     print("Tunnel closed, throwaway keys removed. Demo done.")
 
