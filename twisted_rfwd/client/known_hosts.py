@@ -13,7 +13,6 @@ import os
 from collections.abc import Sequence
 
 from twisted.conch.client.knownhosts import KnownHostsFile
-from twisted.conch.error import HostKeyChanged
 from twisted.conch.ssh.keys import Key
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
@@ -91,23 +90,27 @@ class KnownHosts:
         name = self.host_id.encode("utf-8")
         key_fingerprint = fingerprint(key)
         key_type = key_type_name(key)
+        # Not KnownHostsFile.hasHostKey: it gives up at the first entry of this type that holds
+        # another key, where OpenSSH accepts any matching entry in any file.
+        changed: tuple[str, int] | None = None
         for path, known in zip(self.paths, self._files(), strict=True):
-            try:
-                if known.hasHostKey(name, key):
-                    return
-            except HostKeyChanged as e:
-                if self.policy is HostKeyPolicy.NO:
-                    _log.warn(
-                        "WARNING: the {key_type} host key for {host} has changed "
-                        "({fingerprint}); continuing because StrictHostKeyChecking=no",
-                        key_type=key_type,
-                        host=self.host_id,
-                        fingerprint=key_fingerprint,
-                    )
-                    return
-                raise ChangedHostKey(
-                    self.host, self.port, key_type, key_fingerprint, path, e.lineno
-                ) from None
+            for line, entry in enumerate(known.iterentries(), 1):
+                if entry.keyType == key.sshType() and entry.matchesHost(name):
+                    if entry.matchesKey(key):
+                        return
+                    changed = changed or (path, line)
+        if changed is not None:
+            if self.policy is HostKeyPolicy.NO:
+                _log.warn(
+                    "WARNING: the {key_type} host key for {host} has changed "
+                    "({fingerprint}); continuing because StrictHostKeyChecking=no",
+                    key_type=key_type,
+                    host=self.host_id,
+                    fingerprint=key_fingerprint,
+                )
+                return
+            path, line = changed
+            raise ChangedHostKey(self.host, self.port, key_type, key_fingerprint, path, line)
         if self.policy is HostKeyPolicy.YES:
             raise UnknownHostKey(self.host, self.port, key_type, key_fingerprint, self.paths[0])
         self._add(key, key_type, key_fingerprint)
