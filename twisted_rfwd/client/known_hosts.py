@@ -120,6 +120,7 @@ class KnownHosts:
         known = KnownHostsFile.fromPath(FilePath(path))
         known.addHostKey(self.host_id.encode("utf-8"), key)
         try:
+            _end_with_newline(path)
             known.save()
         except OSError as e:
             _log.warn(
@@ -136,3 +137,15 @@ class KnownHosts:
             fingerprint=key_fingerprint,
             path=path,
         )
+
+
+def _end_with_newline(path: str) -> None:
+    """Finish an unterminated last line, so that an appended entry starts a line of its own."""
+    try:
+        with open(path, "rb+") as f:
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+    except FileNotFoundError:
+        pass
