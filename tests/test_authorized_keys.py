@@ -5,11 +5,13 @@ Tests for L{twisted_rfwd.server.authorized_keys}: OpenSSH C{authorized_keys} lin
 from __future__ import annotations
 
 import base64
+import os
+import time
 from datetime import datetime, timedelta, timezone
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.conch.ssh.keys import Key
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from twisted_rfwd.policy import ListenPermission
 from twisted_rfwd.server.authorized_keys import (
@@ -166,6 +168,21 @@ class ParseTests(SynchronousTestCase):
         assert expiry is not None
         self.assertIsNotNone(expiry.tzinfo)
         self.assertEqual(expiry, datetime(2020, 1, 1).astimezone())
+
+    def test_expiry_local_zone(self) -> None:
+        """Without C{Z} the date is read in the local zone, not in UTC."""
+        if not hasattr(time, "tzset"):
+            raise SkipTest("time.tzset() is needed to change the local zone")
+        self.addCleanup(time.tzset)
+        old = os.environ.get("TZ")
+        if old is None:
+            self.addCleanup(os.environ.pop, "TZ", None)
+        else:
+            self.addCleanup(os.environ.__setitem__, "TZ", old)
+        os.environ["TZ"] = "XST-05:30"
+        time.tzset()
+        expiry = self.parse_one(f'expiry-time="20200101" {ED25519}').expiry
+        self.assertEqual(expiry, datetime(2019, 12, 31, 18, 30, tzinfo=timezone.utc))
 
     def test_expiry_utc(self) -> None:
         """An expiry date ending in C{Z} is UTC."""

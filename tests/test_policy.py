@@ -143,6 +143,8 @@ class ListenPermissionTests(SynchronousTestCase):
         self.assertFalse(ListenPermission(None, 8080).allows("localhost", 0))
         self.assertFalse(ListenPermission("localhost", 8080).allows("localhost", 0))
         self.assertTrue(ListenPermission(None, None).allows("localhost", 0))
+        self.assertTrue(ListenPermission("localhost", None).allows("localhost", 0))
+        self.assertFalse(ListenPermission(None, 0).allows("localhost", 0))
 
     def test_parse_bracketed_ipv6(self) -> None:
         """C{[::1]:80} names host C{::1}, brackets removed."""
