@@ -401,3 +401,10 @@ class MatchesFromTests(SynchronousTestCase):
         """A malformed CIDR pattern matches nothing rather than raising."""
         self.assertFalse(matches_from(("10.0.0.0/99",), "10.0.0.1"))
         self.assertFalse(matches_from(("10.0.0.0/8",), "not-an-address"))
+
+
+class MappedAddressTests(SynchronousTestCase):
+    def test_ipv4_mapped_peer_matches_ipv4_patterns(self) -> None:
+        """A client seen as ::ffff:10.1.2.3 on a dual-stack socket matches 10.0.0.0/8."""
+        self.assertTrue(matches_from(("10.0.0.0/8",), "::ffff:10.1.2.3"))
+        self.assertFalse(matches_from(("10.0.0.0/8", "!10.1.2.3"), "::ffff:10.1.2.3"))

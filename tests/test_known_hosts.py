@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from twisted_rfwd.client.config import HostKeyPolicy
 from twisted_rfwd.client.known_hosts import KnownHosts, host_key_algorithms_for, key_type_name
-from twisted_rfwd.errors import ChangedHostKey, HostKeyError, UnknownHostKey
+from twisted_rfwd.errors import ChangedHostKey, HostKeyError, RevokedHostKey, UnknownHostKey
 
 ED25519 = Key(ed25519.Ed25519PrivateKey.generate()).public()
 ED25519_OTHER = Key(ed25519.Ed25519PrivateKey.generate()).public()
@@ -454,3 +454,30 @@ class OrderAlgorithmsTests(KnownHostsTestCase):
         known = KnownHosts([path], HostKeyPolicy.YES, "example.com", 2222)
         self.assertEqual(known.recorded_key_types(), [b"ecdsa-sha2-nistp256"])
         self.assertEqual(known.order_algorithms(OFFERED)[0], b"ecdsa-sha2-nistp256")
+
+
+class RevokedTests(SynchronousTestCase):
+    def test_revoked_key_is_refused_even_when_listed(self) -> None:
+        """A key marked @revoked for the host is refused, even under accept-new."""
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        path = directory.child("known_hosts").path
+        key = Key(ed25519.Ed25519PrivateKey.generate())
+        line = key.public().toString("OPENSSH")
+        with open(path, "wb") as f:
+            f.write(b"[server]:2222 " + line + b"\n@revoked * " + line + b"\n")
+        known = KnownHosts([path], HostKeyPolicy.ACCEPT_NEW, "server", 2222)
+        error = self.assertRaises(RevokedHostKey, known.verify, key.public())
+        self.assertEqual(error.line, 2)
+        self.assertIn("@revoked", str(error))
+
+    def test_revocation_for_another_host_does_not_apply(self) -> None:
+        """A revocation whose host pattern does not match leaves the key usable."""
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        path = directory.child("known_hosts").path
+        key = Key(ed25519.Ed25519PrivateKey.generate())
+        line = key.public().toString("OPENSSH")
+        with open(path, "wb") as f:
+            f.write(b"server " + line + b"\n@revoked other.example " + line + b"\n")
+        KnownHosts([path], HostKeyPolicy.YES, "server", 22).verify(key.public())

@@ -119,6 +119,22 @@ class ChangedHostKey(HostKeyError):
         )
 
 
+class RevokedHostKey(HostKeyError):
+    """The server presented a key marked C{@revoked} in a known_hosts file."""
+
+    def __init__(
+        self, host: str, port: int, key_type: str, fingerprint: str, known_hosts: str, line: int
+    ) -> None:
+        super().__init__(host, port, key_type, fingerprint, known_hosts)
+        self.line = line
+
+    def __str__(self) -> str:
+        return (
+            f"Host key verification failed: the {self.key_type} key {self.fingerprint} presented "
+            f"by {self.host_id} is marked @revoked at {self.known_hosts}:{self.line}."
+        )
+
+
 class AuthenticationFailed(RfwdError):
     """The server accepted none of the credentials we offered."""
 

@@ -9,16 +9,18 @@ Never a prompt: an unknown or changed key is an error with the fingerprint and w
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import struct
 from collections.abc import Sequence
 
 from twisted.conch.client.knownhosts import KnownHostsFile
-from twisted.conch.ssh.keys import Key
+from twisted.conch.ssh.keys import BadKeyError, Key
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from twisted_rfwd.client.config import HostKeyPolicy
-from twisted_rfwd.errors import ChangedHostKey, UnknownHostKey
+from twisted_rfwd.errors import ChangedHostKey, RevokedHostKey, UnknownHostKey
 from twisted_rfwd.fingerprint import fingerprint
 
 __all__ = ["KnownHosts", "host_key_algorithms_for"]
@@ -90,6 +92,10 @@ class KnownHosts:
         name = self.host_id.encode("utf-8")
         key_fingerprint = fingerprint(key)
         key_type = key_type_name(key)
+        revoked = self._revocation(key)
+        if revoked is not None:
+            path, line = revoked
+            raise RevokedHostKey(self.host, self.port, key_type, key_fingerprint, path, line)
         # Not KnownHostsFile.hasHostKey: it gives up at the first entry of this type that holds
         # another key, where OpenSSH accepts any matching entry in any file.
         changed: tuple[str, int] | None = None
@@ -115,6 +121,28 @@ class KnownHosts:
             raise UnknownHostKey(self.host, self.port, key_type, key_fingerprint, self.paths[0])
         self._add(key, key_type, key_fingerprint)
 
+    def _revocation(self, key: Key) -> tuple[str, int] | None:
+        """Where C{key} is marked C{@revoked} for this host (Conch skips marker lines)."""
+        blob = key.blob()
+        for path in self.paths:
+            try:
+                with open(path, "rb") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                continue
+            for number, raw in enumerate(lines, 1):
+                fields = raw.split()
+                if len(fields) < 4 or fields[0] != b"@revoked":
+                    continue
+                if not _host_patterns_match(fields[1], self.host_id):
+                    continue
+                try:
+                    if Key.fromString(fields[2] + b" " + fields[3]).blob() == blob:
+                        return path, number
+                except (BadKeyError, ValueError, struct.error):
+                    continue
+        return None
+
     def _add(self, key: Key, key_type: str, key_fingerprint: str) -> None:
         path = self.paths[0]
         known = KnownHostsFile.fromPath(FilePath(path))
@@ -137,6 +165,18 @@ class KnownHosts:
             fingerprint=key_fingerprint,
             path=path,
         )
+
+
+def _host_patterns_match(patterns: bytes, host_id: str) -> bool:
+    """OpenSSH host patterns (C{*}, C{?}, C{!negation}, comma-separated) against a name."""
+    matched = False
+    for pattern in patterns.decode("utf-8", "replace").split(","):
+        negated = pattern.startswith("!")
+        if fnmatch.fnmatchcase(host_id, pattern.lstrip("!").lower()):
+            if negated:
+                return False
+            matched = True
+    return matched
 
 
 def _end_with_newline(path: str) -> None:

@@ -58,6 +58,9 @@ __all__ = [
 
 _log = Logger()
 
+# sshd's RequiredRSASize.
+MINIMUM_RSA_BITS = 1024
+
 
 def _home_directory(user: str) -> str | None:
     try:
@@ -176,6 +179,10 @@ class AuthorizedKeysChecker:
             )
         peer_host = getattr(credentials, "peer_host", None)
         entry = self._find(user, credentials.blob, peer_host)
+        if entry.key.type() == "RSA" and entry.key.size() < MINIMUM_RSA_BITS:
+            raise UnauthorizedLogin(
+                f"RSA key of {entry.key.size()} bits; at least {MINIMUM_RSA_BITS} are required"
+            )
         if credentials.signature is None:
             raise ValidPublicKey()
         signature: bytes = credentials.signature

@@ -216,8 +216,11 @@ def _parse_expiry(text: str) -> datetime:
 def matches_from(patterns: tuple[str, ...], address: str) -> bool:
     """
     sshd's C{from=} list against the client's numeric address: wildcards (C{*}, C{?}),
-    CIDR blocks, and C{!} to deny.  A matching negation wins.
+    CIDR blocks, and C{!} to deny.  A matching negation wins.  An IPv4 client seen through a
+    dual-stack socket (C{::ffff:a.b.c.d}) is matched as the IPv4 address it is.
     """
+    if address.lower().startswith("::ffff:") and "." in address:
+        address = address[7:]
     allowed = False
     for pattern in patterns:
         negate = pattern.startswith("!")

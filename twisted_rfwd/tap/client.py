@@ -104,7 +104,7 @@ def build_config(options: Options) -> ClientConfig:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
         raise ConfigError(f"bad port '{text}'")
     return int(text)
 
