@@ -493,12 +493,6 @@ class LocalLossTests(ChannelTestCase):
         channel.window_adjusted(1000)
         self.assertEqual(mux.events, sent)
 
-    test_window_adjust_after_close_sends_nothing.todo = (  # type: ignore[attr-defined]
-        "Bug: local_connection_lost() before open keeps the held data in _pending, opened() "
-        "sends CLOSE without clearing it, and window_adjusted() never checks close_sent, so a "
-        "later WINDOW_ADJUST sends CHANNEL_DATA after our CHANNEL_CLOSE (RFC 4254 5.3)."
-    )
-
     def test_lost_while_open_sends_close(self) -> None:
         """Lost while open: CLOSE at once, without waiting for the peer."""
         channel, mux, stream = self.open_attached()

@@ -18,6 +18,7 @@ from tests.support.apps import start_app_server, wait_until_echo
 from tests.support.keys import new_key, public_line
 from tests.support.pairs import Keys, make_keys, ssh_config, start_rfwd_client, start_rfwd_server
 from tests.support.processes import (
+    REPOSITORY,
     ChildProcess,
     free_port,
     openssh_binary,
@@ -282,11 +283,14 @@ class PluginListingTests(TestCase):
     async def test_plugins_listed_when_installed(self) -> None:
         """An installed twisted-rfwd's plugins are found by twistd outside the checkout."""
         try:
-            distribution("twisted-rfwd")
+            location = Path(str(distribution("twisted-rfwd").locate_file(""))).resolve()
         except PackageNotFoundError:
+            location = REPOSITORY  # not installed
+        # A build leaves twisted_rfwd.egg-info in the checkout: that is not an installation.
+        if location == REPOSITORY:
             if os.environ.get("RFWD_REQUIRE_INSTALLED"):
-                raise
-            raise SkipTest("twisted-rfwd is not installed in this environment") from None
+                self.fail("twisted-rfwd is not installed, and RFWD_REQUIRE_INSTALLED is set")
+            raise SkipTest("twisted-rfwd is not installed in this environment")
         twistd = Path(sys.executable).with_name("twistd")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         child = ChildProcess("twistd", reactor())

@@ -354,12 +354,6 @@ class ChannelMessageTests(MuxTestCase):
             (wire.MSG_CHANNEL_WINDOW_ADJUST, wire.pack_window_adjust(300, 500)), transport.packets
         )
 
-    test_extended_data_earns_credit.todo = (  # type: ignore[attr-defined]
-        "Bug: mux._on_extended_data calls window.data_received() and window.consumed() but never "
-        "window.credit_due()/send_window_adjust, so (despite its comment) a peer that sends only "
-        "extended data is never granted window and stalls; the credit waits for CHANNEL_DATA."
-    )
-
 
 class IncomingOpenTests(MuxTestCase):
     """Channels the peer opens: refused by default, confirmed only when the subclass says so."""
@@ -480,13 +474,6 @@ class IncomingOpenTests(MuxTestCase):
         )
         self.assertEqual(logged, [], "a peer's malformed packet is not our bug")
 
-    test_malformed_open_data_is_a_protocol_error.todo = (  # type: ignore[attr-defined]
-        "Bug: mux._refuse_channel treats a RemoteProtocolError (e.g. MalformedPacket from "
-        "parsing the forwarded-tcpip data) like a crash in our code: it logs a traceback and "
-        "answers OPEN_FAILURE 'internal error', where _request_handler_failed disconnects with "
-        "PROTOCOL_ERROR and the reason."
-    )
-
     def test_confirmation_from_peer_for_its_own_open_disconnects(self) -> None:
         """OPEN_CONFIRMATION for a channel the peer itself asked for is a protocol error."""
         mux, transport = self.deferring_mux()
@@ -500,12 +487,6 @@ class IncomingOpenTests(MuxTestCase):
         self.assertDisconnected(
             transport, b"open confirmation for channel 0, which was not being opened"
         )
-
-    test_confirmation_from_peer_for_its_own_open_disconnects.todo = (  # type: ignore[attr-defined]
-        "Bug: mux._on_open_confirmation (and _on_open_failure) accept any channel that is not "
-        "yet open, including one the peer opened and we have not confirmed: the peer can "
-        "open it without our consent, and our later CONFIRMATION/opened() runs a second time."
-    )
 
 
 class LocalIdTests(MuxTestCase):

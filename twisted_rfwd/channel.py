@@ -165,7 +165,9 @@ class Channel:
         if self.close_sent or self._released:
             return
         if self._stream is None and self._local_write_done:
-            # The local side vanished while we waited for the confirmation.
+            # The local side vanished while we waited for the confirmation: what it had sent
+            # has nowhere to go back to, so only EOF and CLOSE are sent.
+            self._pending.clear()
             self._send_close()
             return
         self._flush_pending()
@@ -199,6 +201,8 @@ class Channel:
     def window_adjusted(self, increment: int) -> None:
         """C{WINDOW_ADJUST}: the peer can take more; send what waits, then read again."""
         self._send_window = min(self._send_window + increment, 0xFFFFFFFF)
+        if self.close_sent or self.eof_sent:
+            return
         if self._pending:
             self._flush_pending()
         self._after_flush()

@@ -15,6 +15,7 @@ Rules kept here, as OpenSSH peers expect them:
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from twisted_rfwd.channel import Channel
 from twisted_rfwd.errors import (
     ChannelOpenFailed,
     ConnectionClosed,
+    MalformedPacket,
     RemoteProtocolError,
 )
 from twisted_rfwd.window import ReceiveWindow
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
     from twisted.conch.ssh.transport import SSHTransportBase
 
 __all__ = ["DEFAULT_MAX_PACKET", "DEFAULT_WINDOW", "ChannelMux", "GlobalRequestFailed"]
+
+_DATA_HEADER = struct.Struct(">BLL")
+_CHANNEL_AND_LENGTH = struct.Struct(">LL")
 
 DEFAULT_WINDOW = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET = 32 * 1024
@@ -125,6 +130,9 @@ class ChannelMux(SSHService):
     def open_channel(self, channel_type: bytes, data: bytes) -> Channel:
         """Ask the peer for a channel; see L{Channel.when_opened} for the answer."""
         channel = self._new_channel()
+        if self.stopped:
+            channel.open_failed(Failure(ConnectionClosed("the SSH connection is closed")))
+            return channel
         self.transport.sendPacket(
             wire.MSG_CHANNEL_OPEN,
             wire.ChannelOpen(
@@ -152,7 +160,31 @@ class ChannelMux(SSHService):
         )
 
     def send_data(self, recipient: int, data: bytes) -> None:
-        self.transport.sendPacket(wire.MSG_CHANNEL_DATA, wire.pack_channel_data(recipient, data))
+        header = _DATA_HEADER.pack(wire.MSG_CHANNEL_DATA, recipient, len(data))
+        fast = getattr(self.transport, "send_channel_data", None)
+        if fast is not None:
+            fast(header, data)
+        else:
+            self.transport.sendPacket(wire.MSG_CHANNEL_DATA, header[1:] + data)
+
+    def channel_data(self, plaintext: bytes, start: int, end: int) -> None:
+        """
+        C{CHANNEL_DATA} straight from the packet layer: the message body is
+        C{plaintext[start:end]}, and the data is sliced out of it once.
+        """
+        try:
+            if end - start < 8:
+                raise MalformedPacket("SSH_MSG_CHANNEL_DATA", "shorter than its header")
+            recipient, length = _CHANNEL_AND_LENGTH.unpack_from(plaintext, start)
+            if length != end - start - 8:
+                raise MalformedPacket(
+                    "SSH_MSG_CHANNEL_DATA",
+                    f"length field {length} but {end - start - 8} bytes follow",
+                )
+            channel = self._open_channel(recipient, "CHANNEL_DATA")
+            channel.data_received(plaintext[start + 8 : end])
+        except RemoteProtocolError as e:
+            self.protocol_error(str(e))
 
     def send_window_adjust(self, recipient: int, increment: int) -> None:
         self.transport.sendPacket(
@@ -171,7 +203,10 @@ class ChannelMux(SSHService):
             del self.channels[channel.local_id]
 
     def protocol_error(self, message: str) -> None:
-        """The peer broke the protocol: say what, and disconnect."""
+        """The peer broke the protocol: say what, and disconnect (nothing is sent after)."""
+        if self.stopped:
+            return
+        self.stopped = True
         self._log.error(
             "Protocol error from {peer}: {message}; disconnecting",
             peer=self.peer_description(),
@@ -304,6 +339,9 @@ class ChannelMux(SSHService):
         if self.stopped:
             return
         error = failure.value
+        if isinstance(error, RemoteProtocolError):
+            self.protocol_error(str(error))
+            return
         if isinstance(error, ChannelOpenFailed):
             code, text = error.code, error.description
         else:
@@ -317,7 +355,7 @@ class ChannelMux(SSHService):
     def _on_open_confirmation(self, payload: bytes) -> None:
         message = wire.ChannelOpenConfirmation.parse(payload)
         channel = self.channels.get(message.recipient_channel)
-        if channel is None or channel.is_open:
+        if channel is None or channel.is_open or channel.local_id in self._opening:
             raise RemoteProtocolError(
                 f"open confirmation for channel {message.recipient_channel}, "
                 "which was not being opened"
@@ -327,7 +365,7 @@ class ChannelMux(SSHService):
     def _on_open_failure(self, payload: bytes) -> None:
         message = wire.ChannelOpenFailure.parse(payload)
         channel = self.channels.get(message.recipient_channel)
-        if channel is None or channel.is_open:
+        if channel is None or channel.is_open or channel.local_id in self._opening:
             raise RemoteProtocolError(
                 f"open failure for channel {message.recipient_channel}, which was not being opened"
             )
@@ -344,9 +382,13 @@ class ChannelMux(SSHService):
     def _on_extended_data(self, payload: bytes) -> None:
         recipient, _, data = wire.parse_extended_data(payload)
         channel = self._open_channel(recipient, "CHANNEL_EXTENDED_DATA")
-        # TCP channels carry no stderr; account the window so the peer is not stalled.
+        # TCP channels carry no stderr: drop it, but give the window back so the peer is not
+        # stalled.
         channel.window.data_received(len(data))
         channel.window.consumed(len(data))
+        credit = channel.window.credit_due()
+        if credit and not channel.close_sent:
+            self.send_window_adjust(channel.remote_id, credit)
 
     def _on_eof(self, payload: bytes) -> None:
         recipient = wire.parse_channel_number(payload, "SSH_MSG_CHANNEL_EOF")
@@ -354,10 +396,8 @@ class ChannelMux(SSHService):
 
     def _on_close(self, payload: bytes) -> None:
         recipient = wire.parse_channel_number(payload, "SSH_MSG_CHANNEL_CLOSE")
-        channel = self._open_channel(recipient, "CHANNEL_CLOSE")
-        if channel.close_received:
-            raise RemoteProtocolError(f"second CHANNEL_CLOSE for channel {recipient}")
-        channel.close_received_from_peer()
+        # A channel is forgotten once CLOSE went both ways, so a second CLOSE finds none.
+        self._open_channel(recipient, "CHANNEL_CLOSE").close_received_from_peer()
 
     def _on_channel_request(self, payload: bytes) -> None:
         request = wire.ChannelRequest.parse(payload)

@@ -1,0 +1,380 @@
+"""
+SSH binary packet protection (RFC 4253 section 6, OpenSSH's PROTOCOL and PROTOCOL.chacha20poly1305):
+one sealer and one opener per direction and key exchange, as pure functions of keys, sequence
+numbers and bytes.
+
+Algorithms:
+  - C{aes128-gcm@openssh.com}, C{aes256-gcm@openssh.com} (RFC 5647 as OpenSSH does it);
+  - C{chacha20-poly1305@openssh.com};
+  - C{aes128-ctr}, C{aes192-ctr}, C{aes256-ctr} with C{hmac-sha2-256}/C{-512}, classic or
+    C{-etm@openssh.com} (encrypt-then-MAC, the length in clear);
+  - C{none}, for the first key exchange only.
+
+An opener works in two steps so the transport can wait for whole packets without copying: from
+the first bytes of a packet, L{Opener.packet_size} says how many bytes the packet occupies; from
+those bytes, L{Opener.open} authenticates, decrypts, and says where the payload lies in the
+plaintext it returns (so the caller slices once).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+from collections.abc import Sequence
+from typing import Protocol
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+from twisted_rfwd.errors import RemoteProtocolError
+
+__all__ = [
+    "AEAD_CIPHERS",
+    "CIPHER_KEY_SIZES",
+    "MAX_PACKET_SIZE",
+    "MacError",
+    "Opener",
+    "Sealer",
+    "make_opener",
+    "make_sealer",
+]
+
+# The largest packet_length we accept (OpenSSH's PACKET_MAX_SIZE).
+MAX_PACKET_SIZE = 256 * 1024
+
+_UINT32 = struct.Struct(">L")
+_SEQ = struct.Struct(">L")
+_GCM_COUNTER = struct.Struct(">Q")
+
+AEAD_CIPHERS = {
+    b"aes128-gcm@openssh.com",
+    b"aes256-gcm@openssh.com",
+    b"chacha20-poly1305@openssh.com",
+}
+
+# Cipher name -> (key bytes, IV bytes).
+CIPHER_KEY_SIZES: dict[bytes, tuple[int, int]] = {
+    b"aes128-gcm@openssh.com": (16, 12),
+    b"aes256-gcm@openssh.com": (32, 12),
+    b"chacha20-poly1305@openssh.com": (64, 0),
+    b"aes128-ctr": (16, 16),
+    b"aes192-ctr": (24, 16),
+    b"aes256-ctr": (32, 16),
+    b"none": (0, 0),
+}
+
+# MAC name -> (hash name, digest size, encrypt-then-MAC).
+MACS: dict[bytes, tuple[str, int, bool]] = {
+    b"hmac-sha2-256": ("sha256", 32, False),
+    b"hmac-sha2-512": ("sha512", 64, False),
+    b"hmac-sha2-256-etm@openssh.com": ("sha256", 32, True),
+    b"hmac-sha2-512-etm@openssh.com": ("sha512", 64, True),
+    b"none": ("", 0, False),
+}
+
+
+class MacError(RemoteProtocolError):
+    """A packet failed authentication: corrupted, forged, or keyed wrongly."""
+
+    def __str__(self) -> str:
+        return "packet authentication failed (bad MAC)"
+
+
+class Sealer(Protocol):
+    """Turns payloads into wire packets for one direction."""
+
+    def seal(self, seq: int, parts: Sequence[bytes]) -> list[bytes]:
+        """The wire bytes for a packet whose payload is the concatenation of C{parts}."""
+        ...
+
+
+class Opener(Protocol):
+    """Reads wire packets for one direction."""
+
+    first_block: int
+
+    def packet_size(self, seq: int, head: bytes | memoryview) -> int:
+        """Total bytes this packet occupies, from at least C{first_block} of its bytes."""
+        ...
+
+    def open(self, seq: int, packet: memoryview) -> tuple[bytes, int, int]:
+        """Authenticate and decrypt; returns C{(plaintext, start, end)} of the payload."""
+        ...
+
+
+class _Padding:
+    """Random padding bytes, cut from a pool refilled now and then."""
+
+    def __init__(self) -> None:
+        self._pool = os.urandom(4096)
+        self._used = 0
+
+    def take(self, n: int) -> bytes:
+        if self._used + n > len(self._pool):
+            self._pool = os.urandom(4096)
+            self._used = 0
+        chunk = self._pool[self._used : self._used + n]
+        self._used += n
+        return chunk
+
+
+_padding = _Padding()
+
+
+def _pad_length(size: int, block: int) -> int:
+    """Padding for C{size} bytes to fill whole blocks, at least 4 (RFC 4253 section 6)."""
+    pad = block - size % block
+    if pad < 4:
+        pad += block
+    return pad
+
+
+def _check_length(length: int, block: int) -> None:
+    if length > MAX_PACKET_SIZE:
+        raise RemoteProtocolError(f"packet length {length} exceeds {MAX_PACKET_SIZE}")
+    if length < 5 or length % block:
+        raise RemoteProtocolError(f"bad packet length {length}")
+
+
+def _payload_bounds(plaintext: bytes, start: int) -> tuple[int, int]:
+    """Payload position inside C{plaintext}, whose byte at C{start} is padding_length."""
+    padding = plaintext[start]
+    end = len(plaintext) - padding
+    if padding < 4 or end <= start + 1:
+        raise RemoteProtocolError(f"bad padding length {padding}")
+    return start + 1, end
+
+
+# -- none --------------------------------------------------------------------------------------
+
+
+class PlainSealer:
+    def seal(self, seq: int, parts: Sequence[bytes]) -> list[bytes]:
+        size = sum(len(p) for p in parts)
+        pad = _pad_length(4 + 1 + size, 8)
+        return [_UINT32.pack(1 + size + pad), bytes((pad,)), *parts, _padding.take(pad)]
+
+
+class PlainOpener:
+    first_block = 4
+
+    def packet_size(self, seq: int, head: bytes | memoryview) -> int:
+        length: int = _UINT32.unpack_from(head)[0]
+        _check_length(length, 1)
+        return 4 + length
+
+    def open(self, seq: int, packet: memoryview) -> tuple[bytes, int, int]:
+        plaintext = bytes(packet)
+        start, end = _payload_bounds(plaintext, 4)
+        return plaintext, start, end
+
+
+# -- AES-GCM -----------------------------------------------------------------------------------
+
+
+class _GCMNonce:
+    """RFC 5647 nonce: 4 fixed bytes and a 64-bit counter that grows by one per packet."""
+
+    def __init__(self, iv: bytes) -> None:
+        self._fixed = iv[:4]
+        (self._counter,) = _GCM_COUNTER.unpack(iv[4:12])
+
+    def next(self) -> bytes:
+        nonce = self._fixed + _GCM_COUNTER.pack(self._counter)
+        self._counter = (self._counter + 1) & 0xFFFFFFFFFFFFFFFF
+        return nonce
+
+
+class GCMSealer:
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        self._aead = AESGCM(key)
+        self._nonce = _GCMNonce(iv)
+
+    def seal(self, seq: int, parts: Sequence[bytes]) -> list[bytes]:
+        size = sum(len(p) for p in parts)
+        pad = _pad_length(1 + size, 16)
+        length = _UINT32.pack(1 + size + pad)
+        body = b"".join((bytes((pad,)), *parts, _padding.take(pad)))
+        return [length, self._aead.encrypt(self._nonce.next(), body, length)]
+
+
+class GCMOpener:
+    first_block = 4
+
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        self._aead = AESGCM(key)
+        self._nonce = _GCMNonce(iv)
+
+    def packet_size(self, seq: int, head: bytes | memoryview) -> int:
+        length: int = _UINT32.unpack_from(head)[0]
+        _check_length(length, 16)
+        return 4 + length + 16
+
+    def open(self, seq: int, packet: memoryview) -> tuple[bytes, int, int]:
+        try:
+            plaintext = self._aead.decrypt(self._nonce.next(), packet[4:], packet[:4])
+        except InvalidTag:
+            raise MacError() from None
+        start, end = _payload_bounds(plaintext, 0)
+        return plaintext, start, end
+
+
+# -- chacha20-poly1305@openssh.com ---------------------------------------------------------------
+
+
+def _chacha_nonce(counter: int, seq: int) -> bytes:
+    # OpenSSH's ChaCha20 takes a 64-bit block counter and a 64-bit nonce (the sequence number);
+    # cryptography's 16-byte nonce is the 32-bit counter and 96-bit nonce of RFC 8439, which is
+    # the same cipher state as long as the counter stays below 2**32 (packets are < 256 KiB).
+    return struct.pack("<Q", counter) + struct.pack(">Q", seq)
+
+
+class ChaChaSealer:
+    def __init__(self, key: bytes) -> None:
+        self._main = key[:32]
+        self._header = key[32:64]
+
+    def seal(self, seq: int, parts: Sequence[bytes]) -> list[bytes]:
+        size = sum(len(p) for p in parts)
+        pad = _pad_length(1 + size, 8)
+        nonce = _chacha_nonce(0, seq)
+        length = (
+            Cipher(algorithms.ChaCha20(self._header, nonce), None)
+            .encryptor()
+            .update(_UINT32.pack(1 + size + pad))
+        )
+        stream = Cipher(algorithms.ChaCha20(self._main, nonce), None).encryptor()
+        poly_key = stream.update(bytes(64))[:32]
+        ciphertext = stream.update(b"".join((bytes((pad,)), *parts, _padding.take(pad))))
+        tag = Poly1305.generate_tag(poly_key, length + ciphertext)
+        return [length, ciphertext, tag]
+
+
+class ChaChaOpener:
+    first_block = 4
+
+    def __init__(self, key: bytes) -> None:
+        self._main = key[:32]
+        self._header = key[32:64]
+        self._length_of: tuple[int, int] | None = None
+
+    def packet_size(self, seq: int, head: bytes | memoryview) -> int:
+        if self._length_of is not None and self._length_of[0] == seq:
+            length = self._length_of[1]
+        else:
+            decryptor = Cipher(
+                algorithms.ChaCha20(self._header, _chacha_nonce(0, seq)), None
+            ).decryptor()
+            (length,) = _UINT32.unpack(decryptor.update(bytes(head[:4])))
+            _check_length(length, 8)
+            self._length_of = (seq, length)
+        return 4 + length + 16
+
+    def open(self, seq: int, packet: memoryview) -> tuple[bytes, int, int]:
+        self._length_of = None
+        stream = Cipher(algorithms.ChaCha20(self._main, _chacha_nonce(0, seq)), None).decryptor()
+        poly_key = stream.update(bytes(64))[:32]
+        try:
+            Poly1305.verify_tag(poly_key, packet[:-16], bytes(packet[-16:]))
+        except InvalidSignature:
+            raise MacError() from None
+        plaintext = stream.update(packet[4:-16])
+        start, end = _payload_bounds(plaintext, 0)
+        return plaintext, start, end
+
+
+# -- AES-CTR with HMAC ---------------------------------------------------------------------------
+
+
+class CTRSealer:
+    def __init__(self, key: bytes, iv: bytes, mac: bytes, mac_key: bytes) -> None:
+        self._encrypt = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update
+        self._hash, size, self._etm = MACS[mac]
+        self._mac_key = mac_key[:size]
+
+    def seal(self, seq: int, parts: Sequence[bytes]) -> list[bytes]:
+        size = sum(len(p) for p in parts)
+        if self._etm:
+            pad = _pad_length(1 + size, 16)
+            length = _UINT32.pack(1 + size + pad)
+            ciphertext = self._encrypt(b"".join((bytes((pad,)), *parts, _padding.take(pad))))
+            mac = hmac.digest(self._mac_key, _SEQ.pack(seq) + length + ciphertext, self._hash)
+            return [length, ciphertext, mac]
+        pad = _pad_length(4 + 1 + size, 16)
+        plaintext = b"".join(
+            (_UINT32.pack(1 + size + pad), bytes((pad,)), *parts, _padding.take(pad))
+        )
+        mac = hmac.digest(self._mac_key, _SEQ.pack(seq) + plaintext, self._hash)
+        return [self._encrypt(plaintext), mac]
+
+
+class CTROpener:
+    def __init__(self, key: bytes, iv: bytes, mac: bytes, mac_key: bytes) -> None:
+        self._decrypt = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor().update
+        self._hash, self._mac_size, self._etm = MACS[mac]
+        self._mac_key = mac_key[: self._mac_size]
+        self.first_block = 4 if self._etm else 16
+        self._first: tuple[int, bytes, int] | None = None
+
+    def packet_size(self, seq: int, head: bytes | memoryview) -> int:
+        if self._etm:
+            length: int = _UINT32.unpack_from(head)[0]
+            _check_length(length, 16)
+            return 4 + length + self._mac_size
+        if self._first is None or self._first[0] != seq:
+            # The length is encrypted: decrypt the first block once, and keep it.
+            first = self._decrypt(bytes(head[:16]))
+            (length,) = _UINT32.unpack_from(first)
+            if length > MAX_PACKET_SIZE or length < 12 or (4 + length) % 16:
+                raise RemoteProtocolError(f"bad packet length {length}")
+            self._first = (seq, first, length)
+        return 4 + self._first[2] + self._mac_size
+
+    def open(self, seq: int, packet: memoryview) -> tuple[bytes, int, int]:
+        mac_size = self._mac_size
+        body, received = packet[: len(packet) - mac_size], packet[len(packet) - mac_size :]
+        if self._etm:
+            expected = hmac.digest(self._mac_key, _SEQ.pack(seq) + body, self._hash)
+            if not hmac.compare_digest(expected, received):
+                raise MacError()
+            plaintext = self._decrypt(body[4:])
+            start, end = _payload_bounds(plaintext, 0)
+            return plaintext, start, end
+        assert self._first is not None and self._first[0] == seq
+        plaintext = self._first[1] + self._decrypt(body[16:])
+        self._first = None
+        expected = hmac.digest(self._mac_key, _SEQ.pack(seq) + plaintext, self._hash)
+        if not hmac.compare_digest(expected, received):
+            raise MacError()
+        start, end = _payload_bounds(plaintext, 4)
+        return plaintext, start, end
+
+
+# -- construction ------------------------------------------------------------------------------
+
+
+def make_sealer(cipher: bytes, mac: bytes, key: bytes, iv: bytes, mac_key: bytes) -> Sealer:
+    """The sealer for a negotiated cipher and MAC (the MAC is ignored for AEAD ciphers)."""
+    key_size, iv_size = CIPHER_KEY_SIZES[cipher]
+    if cipher == b"none":
+        return PlainSealer()
+    if cipher == b"chacha20-poly1305@openssh.com":
+        return ChaChaSealer(key[:key_size])
+    if cipher in AEAD_CIPHERS:
+        return GCMSealer(key[:key_size], iv[:iv_size])
+    return CTRSealer(key[:key_size], iv[:iv_size], mac, mac_key)
+
+
+def make_opener(cipher: bytes, mac: bytes, key: bytes, iv: bytes, mac_key: bytes) -> Opener:
+    """The opener for a negotiated cipher and MAC (the MAC is ignored for AEAD ciphers)."""
+    key_size, iv_size = CIPHER_KEY_SIZES[cipher]
+    if cipher == b"none":
+        return PlainOpener()
+    if cipher == b"chacha20-poly1305@openssh.com":
+        return ChaChaOpener(key[:key_size])
+    if cipher in AEAD_CIPHERS:
+        return GCMOpener(key[:key_size], iv[:iv_size])
+    return CTROpener(key[:key_size], iv[:iv_size], mac, mac_key)
