@@ -18,13 +18,14 @@ from twisted.conch.ssh.transport import (
     DISCONNECT_PROTOCOL_VERSION_NOT_SUPPORTED,
     MSG_KEXINIT,
     MSG_NEWKEYS,
-    SSHTransportBase,
 )
 from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 
 from twisted_rfwd._address import describe_address
 from twisted_rfwd._version import __version__
+from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, PUBLIC_KEY_ALGORITHMS
+from twisted_rfwd.algorithms import MACS as MACS_OFFERED
 from twisted_rfwd.ciphers import (
     AEAD_CIPHERS,
     MACS,
@@ -51,44 +52,6 @@ __all__ = [
 # Not "OpenSSH_*": OpenSSH peers change their behaviour by the banner they see.
 VERSION_STRING = f"SSH-2.0-rfwd_{__version__}".encode("ascii")
 
-# No mlkem768x25519-sha256: Conch implements it for servers only, and OpenSSH 9.2 (what we can
-# test against here) lacks it.  curve25519 is what OpenSSH 10 negotiates without it.
-KEY_EXCHANGES: list[bytes] = [
-    kex
-    for kex in (
-        b"curve25519-sha256",
-        b"curve25519-sha256@libssh.org",
-        b"ecdh-sha2-nistp256",
-        b"ecdh-sha2-nistp384",
-        b"ecdh-sha2-nistp521",
-    )
-    if kex in SSHTransportBase.supportedKeyExchanges
-]
-# AES-GCM first: with AES-NI it costs next to nothing, so it is the fastest choice for both ends.
-CIPHERS: list[bytes] = [
-    b"aes128-gcm@openssh.com",
-    b"aes256-gcm@openssh.com",
-    b"chacha20-poly1305@openssh.com",
-    b"aes128-ctr",
-    b"aes192-ctr",
-    b"aes256-ctr",
-]
-MACS_OFFERED: list[bytes] = [
-    b"hmac-sha2-256-etm@openssh.com",
-    b"hmac-sha2-512-etm@openssh.com",
-    b"hmac-sha2-256",
-    b"hmac-sha2-512",
-]
-# The signature algorithms we accept for host keys and user keys: no SHA-1, no DSA.
-PUBLIC_KEY_ALGORITHMS: list[bytes] = [
-    b"ssh-ed25519",
-    b"ecdsa-sha2-nistp256",
-    b"ecdsa-sha2-nistp384",
-    b"ecdsa-sha2-nistp521",
-    b"rsa-sha2-512",
-    b"rsa-sha2-256",
-]
-
 # Strict key exchange (OpenSSH PROTOCOL, "kex-strict-*-v00@openssh.com").
 STRICT_KEX_CLIENT = b"kex-strict-c-v00@openssh.com"
 STRICT_KEX_SERVER = b"kex-strict-s-v00@openssh.com"
@@ -96,6 +59,14 @@ STRICT_KEX_SERVER = b"kex-strict-s-v00@openssh.com"
 # method's own messages, and DISCONNECT.
 _STRICT_INITIAL_ALLOWED = frozenset({1, MSG_KEXINIT, MSG_NEWKEYS, *range(30, 50)})
 _MAX_VERSION_BYTES = 8192
+
+
+def _name(algorithm: bytes) -> str:
+    return algorithm.decode("ascii", "replace")
+
+
+def _mac_name(cipher: bytes, mac: bytes) -> str:
+    return "(implicit MAC)" if cipher in AEAD_CIPHERS else _name(mac)
 
 
 def set_tcp_nodelay(transport: object) -> None:
@@ -165,6 +136,11 @@ class TransportMixin:
     _blockedByKeyExchange: Any
 
     supportedKeyExchanges: list[bytes] = KEY_EXCHANGES
+
+    @property
+    def strict_kex(self) -> bool:
+        """Whether both ends agreed on strict key exchange (OpenSSH's Terrapin fix)."""
+        return self._strict
 
     # -- connection start --------------------------------------------------------------------
 
@@ -312,13 +288,27 @@ class TransportMixin:
             if self._strict and not first:
                 raise RemoteProtocolError("strict KEX: KEXINIT was not the first message")
         result = super().ssh_KEXINIT(packet)  # type: ignore[misc]
-        negotiated = getattr(self, "nextEncryptions", None)
-        if negotiated is not None and not isinstance(negotiated, CipherSuite):
-            self.nextEncryptions = CipherSuite(
+        negotiated: Any = getattr(self, "nextEncryptions", None)
+        fresh = negotiated is not None and not isinstance(negotiated, CipherSuite)
+        if fresh and None not in vars(negotiated).values() and not self._closing:
+            suite = CipherSuite(
                 negotiated.outCipType,
                 negotiated.inCipType,
                 negotiated.outMACType,
                 negotiated.inMACType,
+            )
+            self.nextEncryptions = suite
+            self._log.info(
+                "Key exchange with {peer}: {kex}, host key {host_key}, "
+                "out {out_cipher} {out_mac}, in {in_cipher} {in_mac}{strict}",
+                peer=self._peer(),
+                kex=_name(self.kexAlg),  # type: ignore[attr-defined]
+                host_key=_name(self.keyAlg),  # type: ignore[attr-defined]
+                out_cipher=_name(suite.outCipType),
+                out_mac=_mac_name(suite.outCipType, suite.outMACType),
+                in_cipher=_name(suite.inCipType),
+                in_mac=_mac_name(suite.inCipType, suite.inMACType),
+                strict=", strict KEX" if self._strict else "",
             )
         return result
 

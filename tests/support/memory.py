@@ -101,11 +101,11 @@ class MemoryRig:
         self.client: ClientTransport | None = None
         self.pump: iosim.IOPump | None = None
 
-    def connect(self) -> Deferred[Tunnel]:
+    def connect(self, client_type: type[ClientTransport] = ClientTransport) -> Deferred[Tunnel]:
         """Start the SSH connection and run it until nothing more happens."""
         ready = self.tunnel.when_ready()
         server = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2222))
-        client = ClientTransport(self.tunnel)
+        client = client_type(self.tunnel)
         self.server, self.client = server, client
         self.pump = iosim.connect(
             server,

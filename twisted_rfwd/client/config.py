@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from enum import Enum
 
+from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, MACS
 from twisted_rfwd.client.identity import Identity
 from twisted_rfwd.errors import ConfigError
 from twisted_rfwd.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
@@ -59,6 +60,9 @@ class ClientConfig:
     connect_timeout: float | None = None
     window_size: int = DEFAULT_WINDOW
     max_packet: int = DEFAULT_MAX_PACKET
+    ciphers: list[bytes] = field(default_factory=lambda: list(CIPHERS))
+    macs: list[bytes] = field(default_factory=lambda: list(MACS))
+    kex_algorithms: list[bytes] = field(default_factory=lambda: list(KEY_EXCHANGES))
 
 
 # OpenSSH spelling of each option we understand, by lower-case name.
@@ -74,6 +78,9 @@ _KNOWN = {
         "ConnectTimeout",
         "RemoteForward",
         "BatchMode",
+        "Ciphers",
+        "MACs",
+        "KexAlgorithms",
     )
 }
 _ACCUMULATE = {"IdentityFile", "RemoteForward"}

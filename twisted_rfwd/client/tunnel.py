@@ -220,6 +220,9 @@ class ClientTransport(TransportMixin, SSHClientTransport):
     def __init__(self, tunnel: Tunnel) -> None:
         self.tunnel = tunnel
         self.supportedPublicKeys = tunnel.known_hosts.order_algorithms(PUBLIC_KEY_ALGORITHMS)
+        self.supportedCiphers = list(tunnel.config.ciphers)
+        self.supportedMACs = list(tunnel.config.macs)
+        self.supportedKeyExchanges = list(tunnel.config.kex_algorithms)
 
     def connectionMade(self) -> None:
         self.tunnel.transport = self

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from twisted.conch.ssh.keys import Key
 
+from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, MACS
 from twisted_rfwd.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
 from twisted_rfwd.policy import GatewayPorts, ListenPolicy
 
@@ -29,3 +30,6 @@ class ServerConfig:
     max_auth_tries: int = 6
     window_size: int = DEFAULT_WINDOW
     max_packet: int = DEFAULT_MAX_PACKET
+    ciphers: list[bytes] = field(default_factory=lambda: list(CIPHERS))
+    macs: list[bytes] = field(default_factory=lambda: list(MACS))
+    kex_algorithms: list[bytes] = field(default_factory=lambda: list(KEY_EXCHANGES))

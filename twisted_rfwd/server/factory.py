@@ -79,6 +79,9 @@ class ForwardingServerFactory(SSHFactory):
         transport.supportedPublicKeys = [
             name for name in transport.supportedPublicKeys if name in PUBLIC_KEY_ALGORITHMS
         ]
+        transport.supportedCiphers = list(self.config.ciphers)
+        transport.supportedMACs = list(self.config.macs)
+        transport.supportedKeyExchanges = list(self.config.kex_algorithms)
         return transport  # type: ignore[return-value]
 
     def getService(self, transport: Any, service: bytes) -> Callable[[], SSHService] | None:

@@ -10,6 +10,7 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, MACS, choose
 from twisted_rfwd.client.config import ClientConfig, HostKeyPolicy, SSHOptions
 from twisted_rfwd.client.identity import Identity, default_identity_paths, load_identity
 from twisted_rfwd.client.service import TunnelService
@@ -55,7 +56,8 @@ class Options(usage.Options):
 
     def opt_o(self, option: str) -> None:
         """ssh option as Name=Value: StrictHostKeyChecking, UserKnownHostsFile,
-        ExitOnForwardFailure, Port, User, IdentityFile, ConnectTimeout, RemoteForward."""
+        ExitOnForwardFailure, Port, User, IdentityFile, ConnectTimeout, RemoteForward,
+        Ciphers, MACs, KexAlgorithms."""
         try:
             self.ssh_options.add(option)
         except ConfigError as e:
@@ -100,6 +102,14 @@ def build_config(options: Options) -> ClientConfig:
     )
     if known:
         config.known_hosts = [os.path.expanduser(p) for p in known.split()]
+    for option, field_name, default in (
+        ("Ciphers", "ciphers", CIPHERS),
+        ("MACs", "macs", MACS),
+        ("KexAlgorithms", "kex_algorithms", KEY_EXCHANGES),
+    ):
+        value = o.get(option)
+        if value is not None:
+            setattr(config, field_name, choose(option, value, default))
     return config
 
 

@@ -11,6 +11,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, MACS, choose
 from twisted_rfwd.errors import ConfigError
 from twisted_rfwd.policy import GatewayPorts, ListenPolicy
 from twisted_rfwd.server.config import ServerConfig
@@ -49,6 +50,9 @@ class Options(usage.Options):
             "no",
             "sshd's GatewayPorts: no (loopback only), yes, or clientspecified.",
         ],
+        ["ciphers", None, None, "sshd's Ciphers: a list, or +list, -list, ^list on the default."],
+        ["macs", None, None, "sshd's MACs, in the same form."],
+        ["kex-algorithms", None, None, "sshd's KexAlgorithms, in the same form."],
         [
             "permit-listen",
             None,
@@ -71,6 +75,15 @@ class Options(usage.Options):
             self["host-keys"] = [load_host_key(path) for path in self["host-key"]]
             self["gateway-ports-policy"] = GatewayPorts.parse(self["gateway-ports"])
             self["permit-listen-policy"] = ListenPolicy.parse([self["permit-listen"]])
+            self["algorithms"] = {
+                field: choose(option, self[name], default)
+                for name, option, field, default in (
+                    ("ciphers", "Ciphers", "ciphers", CIPHERS),
+                    ("macs", "MACs", "macs", MACS),
+                    ("kex-algorithms", "KexAlgorithms", "kex_algorithms", KEY_EXCHANGES),
+                )
+                if self[name] is not None
+            }
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -95,6 +108,7 @@ def makeService(options: Options) -> IService:
         authorized_keys=options["authorized-keys"],
         gateway_ports=options["gateway-ports-policy"],
         permit_listen=options["permit-listen-policy"],
+        **options["algorithms"],
     )
     r: Any = reactor
     status = ExitStatus(r)

@@ -1,0 +1,120 @@
+"""The packet codecs: what a sealer writes, the matching opener reads back, and nothing else."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_rfwd.ciphers import MAX_PACKET_SIZE, MacError, make_opener, make_sealer
+from twisted_rfwd.errors import RemoteProtocolError
+
+SUITES = [
+    (b"aes128-gcm@openssh.com", b"hmac-sha2-256"),
+    (b"aes256-gcm@openssh.com", b"hmac-sha2-256"),
+    (b"chacha20-poly1305@openssh.com", b"hmac-sha2-256"),
+    (b"aes128-ctr", b"hmac-sha2-256"),
+    (b"aes192-ctr", b"hmac-sha2-512"),
+    (b"aes256-ctr", b"hmac-sha2-256-etm@openssh.com"),
+    (b"aes128-ctr", b"hmac-sha2-512-etm@openssh.com"),
+    (b"none", b"none"),
+]
+KEY, IV, MAC_KEY = os.urandom(64), os.urandom(16), os.urandom(64)
+
+
+def pair(cipher: bytes, mac: bytes) -> tuple[object, object]:
+    return (
+        make_sealer(cipher, mac, KEY, IV, MAC_KEY),
+        make_opener(cipher, mac, KEY, IV, MAC_KEY),
+    )
+
+
+def read(opener: object, seq: int, wire: bytes) -> bytes:
+    head = wire[: opener.first_block]  # type: ignore[attr-defined]
+    size = opener.packet_size(seq, head)  # type: ignore[attr-defined]
+    assert size == len(wire), (size, len(wire))
+    plaintext, start, end = opener.open(seq, memoryview(wire))  # type: ignore[attr-defined]
+    return bytes(plaintext[start:end])
+
+
+class RoundTripTests(SynchronousTestCase):
+    def test_packets_round_trip_in_order(self) -> None:
+        """Several packets of different sizes come back exactly, in sequence."""
+        for cipher, mac in SUITES:
+            sealer, opener = pair(cipher, mac)
+            for seq, size in enumerate([0, 1, 15, 16, 17, 1000, 32768, 131072]):
+                payload = os.urandom(size)
+                wire = b"".join(sealer.seal(seq + 7, [b"\x5e", payload]))  # type: ignore[attr-defined]
+                self.assertEqual(read(opener, seq + 7, wire), b"\x5e" + payload, (cipher, mac))
+
+    def test_encrypted_length_is_block_aligned(self) -> None:
+        """Padding makes the packet a whole number of cipher blocks, with at least 4 bytes."""
+        # (block, trailer bytes after the body, whether the length field counts) per suite.
+        layout = {
+            (b"aes128-gcm@openssh.com", b"hmac-sha2-256"): (16, 16, False),
+            (b"aes256-gcm@openssh.com", b"hmac-sha2-256"): (16, 16, False),
+            (b"chacha20-poly1305@openssh.com", b"hmac-sha2-256"): (8, 16, False),
+            (b"aes128-ctr", b"hmac-sha2-256"): (16, 32, True),
+            (b"aes192-ctr", b"hmac-sha2-512"): (16, 64, True),
+            (b"aes256-ctr", b"hmac-sha2-256-etm@openssh.com"): (16, 32, False),
+            (b"aes128-ctr", b"hmac-sha2-512-etm@openssh.com"): (16, 64, False),
+            (b"none", b"none"): (8, 0, True),
+        }
+        for (cipher, mac), (block, trailer, length_counts) in layout.items():
+            sealer, _ = pair(cipher, mac)
+            for size in range(40):
+                wire = b"".join(sealer.seal(0, [b"x" * size]))  # type: ignore[attr-defined]
+                aligned = len(wire) - trailer - (0 if length_counts else 4)
+                self.assertEqual(aligned % block, 0, (cipher, mac, size))
+                padding = aligned - (0 if not length_counts else 4) - 1 - size
+                self.assertGreaterEqual(padding, 4, (cipher, mac, size))
+
+    def test_payload_is_never_in_clear(self) -> None:
+        """The payload does not appear in what goes on the wire (except with 'none')."""
+        secret = b"do not leak this string " * 4
+        for cipher, mac in SUITES:
+            if cipher == b"none":
+                continue
+            sealer, _ = pair(cipher, mac)
+            wire = b"".join(sealer.seal(0, [secret]))  # type: ignore[attr-defined]
+            self.assertNotIn(secret[:24], wire, cipher)
+
+
+class TamperTests(SynchronousTestCase):
+    def test_any_flipped_byte_is_rejected(self) -> None:
+        """A change anywhere in an authenticated packet raises a protocol error."""
+        for cipher, mac in SUITES:
+            if cipher == b"none":
+                continue
+            sealer, _ = pair(cipher, mac)
+            wire = b"".join(sealer.seal(3, [os.urandom(100)]))  # type: ignore[attr-defined]
+            for position in range(0, len(wire), 7):
+                _, opener = pair(cipher, mac)
+                broken = bytearray(wire)
+                broken[position] ^= 0x01
+                with self.assertRaises(RemoteProtocolError, msg=(cipher, mac, position)):
+                    read(opener, 3, bytes(broken))
+
+    def test_wrong_sequence_number_is_rejected(self) -> None:
+        """Sequence numbers are authenticated (GCM authenticates its own counter instead)."""
+        for cipher, mac in SUITES:
+            if cipher == b"none":
+                continue
+            sealer, opener = pair(cipher, mac)
+            wire = b"".join(sealer.seal(5, [b"payload"]))  # type: ignore[attr-defined]
+            if b"gcm" in cipher:
+                # The nonce counts packets: a replayed or skipped packet fails.
+                read(opener, 5, wire)
+                with self.assertRaises(MacError):
+                    read(opener, 6, wire)
+                continue
+            with self.assertRaises(RemoteProtocolError, msg=cipher):
+                read(opener, 6, wire)
+
+    def test_oversized_length_is_refused(self) -> None:
+        """A length beyond the maximum packet size is refused before buffering it."""
+        for cipher in (b"aes128-gcm@openssh.com", b"none"):
+            _, opener = pair(cipher, b"hmac-sha2-256")
+            head = (MAX_PACKET_SIZE + 16).to_bytes(4, "big")
+            with self.assertRaises(RemoteProtocolError):
+                opener.packet_size(0, head)  # type: ignore[attr-defined]
