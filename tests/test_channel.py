@@ -38,7 +38,8 @@ class FakeMux:
         self.events: list[Event] = []
 
     def send_data(self, recipient: int, data: bytes) -> None:
-        self.events.append(("data", recipient, data))
+        # The channel may pass a view into the chunk it read; keep a copy of the bytes.
+        self.events.append(("data", recipient, bytes(data)))
 
     def send_window_adjust(self, recipient: int, increment: int) -> None:
         self.events.append(("adjust", recipient, increment))

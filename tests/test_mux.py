@@ -379,7 +379,7 @@ class IncomingOpenTests(MuxTestCase):
         self.assertEqual(mux.channels, {})
 
     def test_confirmed_only_when_deferred_fires(self) -> None:
-        """CONFIRMATION waits for the subclass; it has our id, a 2 MiB window, 32 KiB packets."""
+        """CONFIRMATION waits for the subclass; it has our id, a 2 MiB window, 128 KiB packets."""
         mux, transport = self.deferring_mux()
         mux.packetReceived(wire.MSG_CHANNEL_OPEN, self.open_request(sender=9))
         [(channel_type, data, channel, d)] = mux.opens
@@ -391,9 +391,10 @@ class IncomingOpenTests(MuxTestCase):
         self.assertEqual(message, wire.MSG_CHANNEL_OPEN_CONFIRMATION)
         confirmation = wire.ChannelOpenConfirmation.parse(payload)
         self.assertEqual(
-            confirmation, wire.ChannelOpenConfirmation(9, channel.local_id, 2 * 1024 * 1024, 32768)
+            confirmation,
+            wire.ChannelOpenConfirmation(9, channel.local_id, 2 * 1024 * 1024, 128 * 1024),
         )
-        self.assertEqual((DEFAULT_WINDOW, DEFAULT_MAX_PACKET), (2 * 1024 * 1024, 32 * 1024))
+        self.assertEqual((DEFAULT_WINDOW, DEFAULT_MAX_PACKET), (2 * 1024 * 1024, 128 * 1024))
         self.assertTrue(channel.is_open)
         self.assertEqual(channel.remote_id, 9)
         self.assertIs(mux.channels[channel.local_id], channel)

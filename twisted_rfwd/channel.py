@@ -253,7 +253,7 @@ class Channel:
         send = self._mux.send_data
         while offset < size and self._send_window > 0:
             n = min(size - offset, self._send_window, self._send_max_packet)
-            send(self.remote_id, bytes(view[offset : offset + n]))
+            send(self.remote_id, view[offset : offset + n])
             self._send_window -= n
             self.bytes_sent += n
             offset += n

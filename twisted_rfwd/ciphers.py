@@ -48,6 +48,7 @@ MAX_PACKET_SIZE = 256 * 1024
 _UINT32 = struct.Struct(">L")
 _SEQ = struct.Struct(">L")
 _GCM_COUNTER = struct.Struct(">Q")
+_ZERO_BLOCK = bytes(64)
 
 AEAD_CIPHERS = {
     b"aes128-gcm@openssh.com",
@@ -86,7 +87,7 @@ class MacError(RemoteProtocolError):
 class Sealer(Protocol):
     """Turns payloads into wire packets for one direction."""
 
-    def seal(self, seq: int, parts: Sequence[bytes]) -> list[bytes]:
+    def seal(self, seq: int, parts: Sequence[bytes | memoryview]) -> list[bytes]:
         """The wire bytes for a packet whose payload is the concatenation of C{parts}."""
         ...
 
@@ -152,10 +153,15 @@ def _payload_bounds(plaintext: bytes, start: int) -> tuple[int, int]:
 
 
 class PlainSealer:
-    def seal(self, seq: int, parts: Sequence[bytes]) -> list[bytes]:
+    def seal(self, seq: int, parts: Sequence[bytes | memoryview]) -> list[bytes]:
         size = sum(len(p) for p in parts)
         pad = _pad_length(4 + 1 + size, 8)
-        return [_UINT32.pack(1 + size + pad), bytes((pad,)), *parts, _padding.take(pad)]
+        return [
+            _UINT32.pack(1 + size + pad),
+            bytes((pad,)),
+            *(bytes(p) for p in parts),
+            _padding.take(pad),
+        ]
 
 
 class PlainOpener:
@@ -193,7 +199,7 @@ class GCMSealer:
         self._aead = AESGCM(key)
         self._nonce = _GCMNonce(iv)
 
-    def seal(self, seq: int, parts: Sequence[bytes]) -> list[bytes]:
+    def seal(self, seq: int, parts: Sequence[bytes | memoryview]) -> list[bytes]:
         size = sum(len(p) for p in parts)
         pad = _pad_length(1 + size, 16)
         length = _UINT32.pack(1 + size + pad)
@@ -237,7 +243,7 @@ class ChaChaSealer:
         self._main = key[:32]
         self._header = key[32:64]
 
-    def seal(self, seq: int, parts: Sequence[bytes]) -> list[bytes]:
+    def seal(self, seq: int, parts: Sequence[bytes | memoryview]) -> list[bytes]:
         size = sum(len(p) for p in parts)
         pad = _pad_length(1 + size, 8)
         nonce = _chacha_nonce(0, seq)
@@ -247,10 +253,16 @@ class ChaChaSealer:
             .update(_UINT32.pack(1 + size + pad))
         )
         stream = Cipher(algorithms.ChaCha20(self._main, nonce), None).encryptor()
-        poly_key = stream.update(bytes(64))[:32]
-        ciphertext = stream.update(b"".join((bytes((pad,)), *parts, _padding.take(pad))))
-        tag = Poly1305.generate_tag(poly_key, length + ciphertext)
-        return [length, ciphertext, tag]
+        mac = Poly1305(stream.update(_ZERO_BLOCK)[:32])
+        mac.update(length)
+        # Encrypt and authenticate part by part: no copy of the payload into one buffer.
+        pieces = [length]
+        for part in (bytes((pad,)), *parts, _padding.take(pad)):
+            ciphertext = stream.update(part)
+            mac.update(ciphertext)
+            pieces.append(ciphertext)
+        pieces.append(mac.finalize())
+        return pieces
 
 
 class ChaChaOpener:
@@ -276,7 +288,7 @@ class ChaChaOpener:
     def open(self, seq: int, packet: memoryview) -> tuple[bytes, int, int]:
         self._length_of = None
         stream = Cipher(algorithms.ChaCha20(self._main, _chacha_nonce(0, seq)), None).decryptor()
-        poly_key = stream.update(bytes(64))[:32]
+        poly_key = stream.update(_ZERO_BLOCK)[:32]
         try:
             Poly1305.verify_tag(poly_key, packet[:-16], bytes(packet[-16:]))
         except InvalidSignature:
@@ -295,7 +307,7 @@ class CTRSealer:
         self._hash, size, self._etm = MACS[mac]
         self._mac_key = mac_key[:size]
 
-    def seal(self, seq: int, parts: Sequence[bytes]) -> list[bytes]:
+    def seal(self, seq: int, parts: Sequence[bytes | memoryview]) -> list[bytes]:
         size = sum(len(p) for p in parts)
         if self._etm:
             pad = _pad_length(1 + size, 16)

@@ -47,7 +47,7 @@ _DATA_HEADER = struct.Struct(">BLL")
 _CHANNEL_AND_LENGTH = struct.Struct(">LL")
 
 DEFAULT_WINDOW = 2 * 1024 * 1024
-DEFAULT_MAX_PACKET = 32 * 1024
+DEFAULT_MAX_PACKET = 128 * 1024
 
 
 class GlobalRequestFailed(Exception):
@@ -159,7 +159,7 @@ class ChannelMux(SSHService):
             wire.MSG_GLOBAL_REQUEST, wire.GlobalRequest(name, False, data).pack()
         )
 
-    def send_data(self, recipient: int, data: bytes) -> None:
+    def send_data(self, recipient: int, data: bytes | memoryview) -> None:
         header = _DATA_HEADER.pack(wire.MSG_CHANNEL_DATA, recipient, len(data))
         fast = getattr(self.transport, "send_channel_data", None)
         if fast is not None:

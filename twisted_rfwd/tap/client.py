@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, MACS, choose
+from twisted_rfwd.allocator import tune_allocator
 from twisted_rfwd.client.config import ClientConfig, HostKeyPolicy, SSHOptions
 from twisted_rfwd.client.identity import Identity, default_identity_paths, load_identity
 from twisted_rfwd.client.service import TunnelService
@@ -142,6 +143,8 @@ def _identities(paths: list[str]) -> list[Identity]:
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
+
+    tune_allocator()
 
     r: Any = reactor
     status = ExitStatus(r)

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, MACS, choose
+from twisted_rfwd.allocator import tune_allocator
 from twisted_rfwd.errors import ConfigError
 from twisted_rfwd.policy import GatewayPorts, ListenPolicy
 from twisted_rfwd.server.config import ServerConfig
@@ -93,6 +94,8 @@ _log = Logger()
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
+
+    tune_allocator()
 
     host_keys: list[Key] = options["host-keys"]
     if not host_keys:
