@@ -1324,7 +1324,9 @@ def _run_pair_test(
 def _progress(record: dict[str, Any]) -> str:
     metrics = record["metrics"]
     shown = ", ".join(
-        f"{k}={v:.4g}" for k, v in metrics.items() if not k.endswith(("_kib", "bytes", "fds_at_n"))
+        f"{k}={v:.0f}" if float(v).is_integer() else f"{k}={v:.4g}"
+        for k, v in metrics.items()
+        if not k.endswith(("_kib", "bytes", "fds_at_n"))
     )
     notes = f" [{'; '.join(record['notes'])[:200]}]" if record["notes"] else ""
     where = f"rep {record['rep']} {record['test']:<9} {record['pair']:<11}"
