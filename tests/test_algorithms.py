@@ -222,3 +222,59 @@ class ChooseTests(TestCase):
         self.assertIn("unsupported hmac-md5", str(error))
         self.assertRaises(ConfigError, choose, "MACs", "-*", [b"hmac-sha2-256"])
         self.assertRaises(ConfigError, choose, "MACs", "", [b"hmac-sha2-256"])
+
+
+class RekeyInteropTests(TestCase):
+    """OpenSSH re-exchanging keys every 256 KiB while 16 MiB flows each way."""
+
+    timeout = 90
+
+    async def transfer(self, listen: int) -> None:
+        upload = pattern(16 << 20, seed=21)
+        self.assertEqual(await exchange(reactor(), listen, b"U" + upload), digest_line(upload))
+        download = await exchange(reactor(), listen, b"D" + (16 << 20).to_bytes(8, "big"))
+        self.assertEqual(download, pattern(16 << 20))
+
+    async def test_sshd_rekeys_under_rfwd_client(self) -> None:
+        """sshd with RekeyLimit 256K: rfwd-client follows every re-exchange."""
+        keys = make_keys(Path(self.mktemp()))
+        _, app_port = await start_app_server(reactor())
+        self.addCleanup(app_port.stopListening)
+        _, ssh_port = await start_sshd(self, reactor(), keys, "RekeyLimit 256K\n")
+        listen = free_port()
+        destination = app_port.getHost().port  # type: ignore[attr-defined]
+        client = start_rfwd_client(
+            self, reactor(), keys, ssh_port, [f"127.0.0.1:{listen}:127.0.0.1:{destination}"]
+        )
+        await client.wait_for(r"Connected to 127\.0\.0\.1")
+        await self.transfer(listen)
+        rekeys = [line for line in client.lines if "Key exchange with" in line]
+        self.assertGreater(len(rekeys), 10, client.output())
+
+    async def test_ssh_rekeys_with_rfwd_server(self) -> None:
+        """ssh -o RekeyLimit=256K against rfwd-server: the server follows every re-exchange."""
+        keys = make_keys(Path(self.mktemp()))
+        _, app_port = await start_app_server(reactor())
+        self.addCleanup(app_port.stopListening)
+        server, ssh_port = await start_rfwd_server(self, reactor(), keys)
+        listen = free_port()
+        destination = app_port.getHost().port  # type: ignore[attr-defined]
+        config = ssh_config(keys, ssh_port, "  RekeyLimit 256K\n")
+        spawn(
+            self,
+            reactor(),
+            "ssh",
+            [
+                openssh_binary("ssh"),
+                "-N",
+                "-F",
+                str(config),
+                "-R",
+                f"127.0.0.1:{listen}:127.0.0.1:{destination}",
+                "rfwd-test",
+            ],
+        )
+        await wait_until_echo(reactor(), listen)
+        await self.transfer(listen)
+        rekeys = [line for line in server.lines if "Key exchange with" in line]
+        self.assertGreater(len(rekeys), 10, server.output())

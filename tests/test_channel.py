@@ -36,10 +36,14 @@ class FakeMux:
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.senders: list[Channel] = []
 
     def send_data(self, recipient: int, data: bytes) -> None:
         # The channel may pass a view into the chunk it read; keep a copy of the bytes.
         self.events.append(("data", recipient, bytes(data)))
+
+    def sending(self, channel: Channel) -> None:
+        self.senders.append(channel)
 
     def send_window_adjust(self, recipient: int, increment: int) -> None:
         self.events.append(("adjust", recipient, increment))

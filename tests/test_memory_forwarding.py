@@ -352,3 +352,43 @@ class LoginTests(TestCase):
         self.assertEqual(error.fingerprint, fingerprint(rig.server_config.host_keys[0]))
         self.assertIn("[server.test]:2222", str(error))
         self.assertEqual(rig.binder.bound, [])
+
+
+class RekeyTests(TestCase):
+    def test_rekey_in_the_middle_of_a_transfer(self) -> None:
+        """Either side may re-exchange keys while data flows; every byte still arrives."""
+        tmp = Path(self.mktemp())
+        tmp.mkdir()
+        rig = MemoryRig(tmp, [forward("8080:127.0.0.1:80")])
+        self.successResultOf(rig.connect())
+        app = rig.app_connects(8080)
+        destination = rig.destination_accepts()
+        assert rig.server is not None and rig.client is not None
+        first_keys = rig.server.currentEncryptions
+        chunk = bytes(range(256)) * 64
+        received = bytearray()
+        for round_number in range(6):
+            app.receive(chunk)
+            if round_number == 2:
+                rig.client.sendKexInit()
+            if round_number == 4:
+                rig.server.sendKexInit()
+            destination.receive(chunk)
+            rig.flush()
+            received += destination.drain()
+            self.assertEqual(app.drain(), chunk)
+        self.assertEqual(bytes(received), chunk * 6)
+        self.assertIsNot(rig.server.currentEncryptions, first_keys)
+        self.assertTrue(rig.server.strict_kex)
+
+    def test_service_request_after_login_is_refused(self) -> None:
+        """A second service request cannot tear down the forwards: it is a protocol error."""
+        tmp = Path(self.mktemp())
+        tmp.mkdir()
+        rig = MemoryRig(tmp, [forward("8080:127.0.0.1:80")])
+        tunnel = self.successResultOf(rig.connect())
+        assert rig.client is not None
+        rig.client.sendPacket(5, b"\x00\x00\x00\x0cssh-userauth")  # SSH_MSG_SERVICE_REQUEST
+        rig.flush()
+        reason = self.successResultOf(tunnel.when_closed())
+        self.assertIn("service request after authentication", str(reason))

@@ -569,3 +569,79 @@ class ServiceStoppedTests(MuxTestCase):
         mux.serviceStopped()
         mux.requests[0][2].callback(b"")
         self.assertEqual(transport.packets, [])
+
+
+class ProducerTCP(FakeTCP):
+    """A TCP connection that takes a streaming producer, as Twisted's does."""
+
+    def __init__(self) -> None:
+        self.producer: Any = None
+        self.disconnecting = False
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        assert streaming and self.producer is None
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+class SocketBackPressureTests(MuxTestCase):
+    """The SSH socket's send buffer pauses the channels that are sending, and only those."""
+
+    def setUp(self) -> None:
+        self.mux, self.transport = self.base_mux()
+        self.tcp = ProducerTCP()
+        self.transport.transport = self.tcp
+        self.busy, self.busy_stream = self.open_ours(self.mux, remote_id=300)
+        self.idle, self.idle_stream = self.open_ours(self.mux, remote_id=301)
+        self.busy.write(b"data")
+
+    def test_registers_as_producer_of_the_ssh_socket(self) -> None:
+        """The first channel data makes the multiplexer the SSH socket's producer."""
+        self.assertIs(self.tcp.producer, self.mux)
+
+    def test_full_socket_holds_only_senders(self) -> None:
+        """Pausing holds the channels that sent; an idle channel keeps reading."""
+        self.mux.pauseProducing()
+        self.assertTrue(self.busy_stream.reading_paused)
+        self.assertFalse(self.idle_stream.reading_paused)
+
+    def test_a_channel_sending_while_full_is_held_at_once(self) -> None:
+        """A channel that sends while the socket is full is stopped at once, not later."""
+        self.mux.pauseProducing()
+        self.idle.write(b"late")
+        self.assertTrue(self.idle_stream.reading_paused)
+        self.assertEqual(self.transport.types().count(wire.MSG_CHANNEL_DATA), 2)
+
+    def test_drained_socket_releases_them(self) -> None:
+        """Resuming lets every held channel read again."""
+        self.mux.pauseProducing()
+        self.idle.write(b"late")
+        self.mux.resumeProducing()
+        self.assertFalse(self.busy_stream.reading_paused)
+        self.assertFalse(self.idle_stream.reading_paused)
+
+    def test_window_still_decides_after_release(self) -> None:
+        """A channel out of window stays paused when the socket drains."""
+        self.busy.write(b"x" * 20_000)  # beyond the 10,000-byte window
+        self.mux.pauseProducing()
+        self.mux.resumeProducing()
+        self.assertTrue(self.busy_stream.reading_paused)
+
+    def test_closing_socket_is_not_kept_open(self) -> None:
+        """If the socket is closing when it drains, the producer lets go so it can close."""
+        self.mux.pauseProducing()
+        self.tcp.disconnecting = True
+        self.mux.resumeProducing()
+        self.assertIsNone(self.tcp.producer)
+
+    def test_key_exchange_holds_senders_too(self) -> None:
+        """A key re-exchange holds the senders; they read again only when no reason is left."""
+        self.mux.key_exchange_started()
+        self.assertTrue(self.busy_stream.reading_paused)
+        self.mux.pauseProducing()
+        self.mux.resumeProducing()
+        self.assertTrue(self.busy_stream.reading_paused)
+        self.mux.key_exchange_finished()
+        self.assertFalse(self.busy_stream.reading_paused)

@@ -67,6 +67,7 @@ class Channel:
         self._pending: list[bytes] = []
         self._credit_paused = False
         self._source_paused = False
+        self._held = False
         self._eof_wanted = False
         self.eof_sent = False
         self.eof_received = False
@@ -102,6 +103,7 @@ class Channel:
         """Send bytes read from the local stream, as far as the peer's window allows."""
         if self.eof_sent or self._eof_wanted or self.close_sent or self.close_received:
             return
+        self._mux.sending(self)
         if self._pending or not self.is_open:
             self._pending.append(data)
             self._pause_source()
@@ -291,9 +293,20 @@ class Channel:
             self._stream.pauseProducing()
 
     def _resume_source(self) -> None:
-        if self._source_paused and self._stream is not None:
+        if self._source_paused and self._stream is not None and not self._held:
             self._source_paused = False
             self._stream.resumeProducing()
+
+    def hold(self) -> None:
+        """The SSH connection's own send buffer is full: stop reading the local stream."""
+        self._held = True
+        self._pause_source()
+
+    def release(self) -> None:
+        """The SSH connection drained: read again, unless the window still says no."""
+        self._held = False
+        if self.is_open and not self._pending and not self._eof_wanted:
+            self._resume_source()
 
     def _send_eof(self) -> None:
         self._eof_wanted = False

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 from twisted.conch.ssh.service import SSHService
 from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twisted_rfwd import wire
 from twisted_rfwd._address import describe_address
@@ -66,6 +67,7 @@ class _PendingReply:
         self.result: bytes | None = None
 
 
+@implementer(IPushProducer)
 class ChannelMux(SSHService):
     """Multiplexes channels and global requests over one SSH transport."""
 
@@ -89,6 +91,11 @@ class ChannelMux(SSHService):
         self._our_requests: deque[tuple[bytes, Deferred[bytes]]] = deque()
         self._replies: deque[_PendingReply] = deque()
         self.stopped = False
+        # Channels that sent since the SSH socket last drained, and those held while it is full.
+        self._senders: set[Channel] = set()
+        self._holding: list[Channel] | None = None
+        self._hold_reasons: set[str] = set()
+        self._watching = False
         self._handlers: dict[int, Callable[[bytes], None]] = {
             wire.MSG_GLOBAL_REQUEST: self._on_global_request,
             wire.MSG_REQUEST_SUCCESS: self._on_request_success,
@@ -201,6 +208,68 @@ class ChannelMux(SSHService):
         """Forget a channel whose CLOSE went both ways; its number may be reused."""
         if self.channels.get(channel.local_id) is channel:
             del self.channels[channel.local_id]
+        self._senders.discard(channel)
+
+    # -- back-pressure from the SSH socket ------------------------------------------------------
+    #
+    # The channel windows bound what each channel may have in flight, but not what waits in
+    # Twisted's send buffer for the SSH socket: with many channels that is the sum of their
+    # windows, twice over while Twisted joins it for send().  As the socket's streaming producer,
+    # the multiplexer stops the channels that are sending when that buffer is full, and also
+    # during a key re-exchange, when Conch queues every packet until NEWKEYS.
+
+    def sending(self, channel: Channel) -> None:
+        """A channel is about to send data; hold it at once if the SSH socket is full."""
+        if not self._watching:
+            self._watch_socket()
+        if self._holding is not None:
+            if channel not in self._holding:
+                self._holding.append(channel)
+                channel.hold()
+            return
+        self._senders.add(channel)
+
+    def _watch_socket(self) -> None:
+        self._watching = True
+        tcp = getattr(self.transport, "transport", None)
+        if tcp is not None and getattr(tcp, "producer", True) is None:
+            tcp.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        self._hold("the SSH socket is full")
+
+    def resumeProducing(self) -> None:
+        self._release("the SSH socket is full")
+        tcp: Any = self.transport.transport
+        if getattr(tcp, "disconnecting", False):
+            # Twisted will not finish closing while a producer is registered and was paused.
+            tcp.unregisterProducer()
+
+    def key_exchange_started(self) -> None:
+        """A key re-exchange holds every outgoing packet in memory: stop the senders."""
+        self._hold("key exchange")
+
+    def key_exchange_finished(self) -> None:
+        self._release("key exchange")
+
+    def _hold(self, reason: str) -> None:
+        self._hold_reasons.add(reason)
+        if self._holding is None:
+            self._holding = list(self._senders)
+            self._senders.clear()
+            for channel in self._holding:
+                channel.hold()
+
+    def _release(self, reason: str) -> None:
+        self._hold_reasons.discard(reason)
+        if self._hold_reasons or self._holding is None:
+            return
+        holding, self._holding = self._holding, None
+        for channel in holding:
+            channel.release()
+
+    def stopProducing(self) -> None:
+        """The SSH socket is gone; L{serviceStopped} does the cleaning up."""
 
     def protocol_error(self, message: str) -> None:
         """The peer broke the protocol: say what, and disconnect (nothing is sent after)."""
@@ -244,6 +313,9 @@ class ChannelMux(SSHService):
         requests, self._our_requests = self._our_requests, deque()
         for _, d in requests:
             d.errback(reason)
+        self._senders.clear()
+        self._holding = None
+        self._hold_reasons.clear()
 
     # -- incoming -----------------------------------------------------------------------------
 

@@ -324,6 +324,12 @@ class TransportMixin:
             )
         return result
 
+    def sendKexInit(self) -> None:
+        super().sendKexInit()  # type: ignore[misc]
+        started = getattr(self.service, "key_exchange_started", None)
+        if started is not None:
+            started()
+
     def ssh_NEWKEYS(self, packet: bytes) -> None:
         if not self.nextEncryptions.encBlockSize:
             # Our own NEWKEYS is not out yet (Conch's client waits on the host-key check):
@@ -337,6 +343,9 @@ class TransportMixin:
             self.incomingPacketSequence = 0
         self._initial_kex = False
         super()._newKeys()  # type: ignore[misc]
+        finished = getattr(self.service, "key_exchange_finished", None)
+        if finished is not None:
+            finished()
         self._resume_reading()
 
     # -- errors ------------------------------------------------------------------------------

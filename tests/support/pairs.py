@@ -101,14 +101,16 @@ LogLevel VERBOSE
 """
 
 
-async def start_sshd(test: TestCase, reactor: Any, keys: Keys) -> tuple[ChildProcess, int]:
-    """OpenSSH's sshd with its own config on a free loopback port."""
+async def start_sshd(
+    test: TestCase, reactor: Any, keys: Keys, extra: str = ""
+) -> tuple[ChildProcess, int]:
+    """OpenSSH's sshd with its own config (plus C{extra} lines) on a free loopback port."""
     sshd = openssh_binary("sshd")
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     config = keys.workdir / "sshd_config"
     config.write_text(
-        SSHD_CONFIG.format(host_key=keys.host_key, authorized_keys=keys.authorized_keys)
+        SSHD_CONFIG.format(host_key=keys.host_key, authorized_keys=keys.authorized_keys) + extra
     )
     port = free_port()
     server = spawn(test, reactor, "sshd", [sshd, "-D", "-e", "-f", str(config), "-p", str(port)])
@@ -160,7 +162,7 @@ Host rfwd-test
 """
 
 
-def ssh_config(keys: Keys, ssh_port: int) -> Path:
+def ssh_config(keys: Keys, ssh_port: int, extra: str = "") -> Path:
     """An C{ssh -F} file for host C{rfwd-test}: our key, our port, a known_hosts of its own."""
     config = keys.workdir / "ssh_config"
     config.write_text(
@@ -170,6 +172,7 @@ def ssh_config(keys: Keys, ssh_port: int) -> Path:
             user_key=keys.user_key,
             known_hosts=keys.workdir / "known_hosts_ssh",
         )
+        + extra
     )
     return config
 

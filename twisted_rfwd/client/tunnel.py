@@ -239,6 +239,10 @@ class ClientTransport(TransportMixin, SSHClientTransport):
         return succeed(True)
 
     def connectionSecure(self) -> None:
+        # Conch calls this after every NEWKEYS, re-exchanges included: log in only once.
+        if getattr(self, "_logging_in", False):
+            return
+        self._logging_in = True
         config = self.tunnel.config
         connection = ForwardingClientConnection(self.tunnel.reactor, self.tunnel)
         self.requestService(

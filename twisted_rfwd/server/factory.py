@@ -19,6 +19,7 @@ from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IReactorSocket, IReactorTime
 from twisted.logger import Logger
 
+from twisted_rfwd.errors import RemoteProtocolError
 from twisted_rfwd.server.auth import (
     AuthorizedKeysChecker,
     AuthorizedKeysFiles,
@@ -38,6 +39,12 @@ class ServerTransport(TransportMixin, SSHServerTransport):
     """Conch's server transport with our algorithms and an honest C{server-sig-algs}."""
 
     _log = Logger()
+
+    def ssh_SERVICE_REQUEST(self, packet: bytes) -> None:
+        # Conch would start userauth again and stop the running connection: its forwards.
+        if isinstance(self.service, ForwardingServerConnection):
+            raise RemoteProtocolError("service request after authentication")
+        super().ssh_SERVICE_REQUEST(packet)
 
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
         # Conch advertises its host-key algorithms here; clients read this as the user-key
