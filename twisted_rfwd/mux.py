@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.conch.ssh.service import SSHService
-from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
+from twisted.conch.ssh.transport import DISCONNECT_CONNECTION_LOST, DISCONNECT_PROTOCOL_ERROR
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -37,6 +37,7 @@ from twisted_rfwd.errors import (
     MalformedPacket,
     RemoteProtocolError,
 )
+from twisted_rfwd.keepalive import KeepAlive
 from twisted_rfwd.window import ReceiveWindow
 
 if TYPE_CHECKING:
@@ -96,6 +97,9 @@ class ChannelMux(SSHService):
         self._holding: list[Channel] | None = None
         self._hold_reasons: set[str] = set()
         self._watching = False
+        self._keepalive: KeepAlive | None = None
+        self.end_reason: str | None = None
+        self._idle_waiters: list[Deferred[None]] = []
         self._handlers: dict[int, Callable[[bytes], None]] = {
             wire.MSG_GLOBAL_REQUEST: self._on_global_request,
             wire.MSG_REQUEST_SUCCESS: self._on_request_success,
@@ -209,6 +213,22 @@ class ChannelMux(SSHService):
         if self.channels.get(channel.local_id) is channel:
             del self.channels[channel.local_id]
         self._senders.discard(channel)
+        if not self.channels:
+            self._fire_idle()
+
+    def when_idle(self) -> Deferred[None]:
+        """Fires once no channel is open (at once if none is), or the connection ended."""
+        d: Deferred[None] = Deferred()
+        if not self.channels or self.stopped:
+            d.callback(None)
+        else:
+            self._idle_waiters.append(d)
+        return d
+
+    def _fire_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     # -- back-pressure from the SSH socket ------------------------------------------------------
     #
@@ -271,6 +291,37 @@ class ChannelMux(SSHService):
     def stopProducing(self) -> None:
         """The SSH socket is gone; L{serviceStopped} does the cleaning up."""
 
+    def start_keepalive(self, interval: float, count_max: int) -> None:
+        """Probe the peer after C{interval} idle seconds; give up after C{count_max} probes."""
+        if interval <= 0:
+            return
+        self._keepalive = KeepAlive(
+            self.clock,
+            interval,
+            count_max,
+            traffic=lambda: int(getattr(self.transport, "packets_received", 0)),
+            probe=lambda: self.send_global_request(b"keepalive@openssh.com", b""),
+            dead=self.peer_not_responding,
+        )
+        self._keepalive.start()
+
+    def peer_not_responding(self, silent_for: float) -> None:
+        """The peer answered none of our keepalives: drop the connection now."""
+        assert self._keepalive is not None
+        self.end_reason = (
+            f"no answer to {self._keepalive.count_max} keepalives (silent for {silent_for:.0f} s)"
+        )
+        self._log.warn(
+            "{peer} is not responding: {reason}; disconnecting",
+            peer=self.peer_description(),
+            reason=self.end_reason,
+        )
+        self.transport.sendDisconnect(DISCONNECT_CONNECTION_LOST, b"keepalive timeout")
+        tcp: Any = self.transport.transport
+        if tcp is not None:
+            # Not a graceful close: a dead link would never drain what we still have to send.
+            tcp.abortConnection()
+
     def protocol_error(self, message: str) -> None:
         """The peer broke the protocol: say what, and disconnect (nothing is sent after)."""
         if self.stopped:
@@ -303,6 +354,8 @@ class ChannelMux(SSHService):
     def serviceStopped(self) -> None:
         """The transport is gone: fail everything that still waits on the peer."""
         self.stopped = True
+        if self._keepalive is not None:
+            self._keepalive.stop()
         reason = Failure(ConnectionClosed("the SSH connection closed"))
         opening, self._opening = self._opening, {}
         for d in opening.values():
@@ -316,6 +369,7 @@ class ChannelMux(SSHService):
         self._senders.clear()
         self._holding = None
         self._hold_reasons.clear()
+        self._fire_idle()
 
     # -- incoming -----------------------------------------------------------------------------
 

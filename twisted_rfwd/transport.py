@@ -20,7 +20,7 @@ from twisted.conch.ssh.transport import (
     MSG_NEWKEYS,
 )
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.logger import Logger
 
 from twisted_rfwd._address import describe_address
@@ -38,6 +38,7 @@ from twisted_rfwd.ciphers import (
     make_sealer,
 )
 from twisted_rfwd.errors import RemoteProtocolError
+from twisted_rfwd.limits import DEFAULT_REKEY_BYTES, DEFAULT_REKEY_SECONDS
 from twisted_rfwd.wire import MSG_CHANNEL_DATA, Reader
 
 __all__ = [
@@ -132,6 +133,11 @@ class TransportMixin:
     supportedMACs: list[bytes] = MACS_OFFERED
     supportedCompressions: list[bytes] = [b"none"]
 
+    # Re-exchange keys after this many bytes in either direction, or this long (None: never).
+    rekey_bytes: int | None = DEFAULT_REKEY_BYTES
+    rekey_seconds: float | None = DEFAULT_REKEY_SECONDS
+    clock: IReactorTime | None = None
+
     transport: Any
     isClient: bool
     gotVersion: bool
@@ -165,6 +171,10 @@ class TransportMixin:
         self._initial_kex = True
         self._awaiting_keys = False
         self._closing = False
+        self.packets_received = 0
+        self._bytes_out = 0
+        self._bytes_in = 0
+        self._rekey_timer: IDelayedCall | None = None
         # Announce strict KEX after the real methods (which a factory may have narrowed).
         marker = STRICT_KEX_CLIENT if self.isClient else STRICT_KEX_SERVER
         methods = [k for k in self.supportedKeyExchanges if not k.startswith(b"kex-strict-")]
@@ -198,8 +208,13 @@ class TransportMixin:
 
     def _send(self, parts: Sequence[bytes | memoryview]) -> None:
         seq = self.outgoingPacketSequence
-        self.transport.writeSequence(self._sealer.seal(seq, parts))
+        sealed = self._sealer.seal(seq, parts)
+        self.transport.writeSequence(sealed)
         self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
+        self._bytes_out += sum(len(p) for p in sealed)
+        limit = self.rekey_bytes
+        if limit is not None and self._bytes_out > limit:
+            self._rekey("sent")
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         self._closing = True
@@ -262,11 +277,16 @@ class TransportMixin:
                 plaintext, start, end = opener.open(seq, view[offset : offset + size])
                 offset += size
                 self.incomingPacketSequence = (seq + 1) & 0xFFFFFFFF
+                self.packets_received += 1
+                self._bytes_in += size
                 self._dispatch(plaintext, start, end)
         finally:
             if offset < available:
                 self._received = bytearray(view[offset:])
             view.release()
+        limit = self.rekey_bytes
+        if limit is not None and self._bytes_in > limit:
+            self._rekey("received")
 
     def _dispatch(self, plaintext: bytes, start: int, end: int) -> None:
         message = plaintext[start]
@@ -342,11 +362,38 @@ class TransportMixin:
         if self._strict:
             self.incomingPacketSequence = 0
         self._initial_kex = False
+        self._bytes_out = self._bytes_in = 0
+        self._schedule_rekey()
         super()._newKeys()  # type: ignore[misc]
         finished = getattr(self.service, "key_exchange_finished", None)
         if finished is not None:
             finished()
         self._resume_reading()
+
+    def _schedule_rekey(self) -> None:
+        if self._rekey_timer is not None and self._rekey_timer.active():
+            self._rekey_timer.cancel()
+        self._rekey_timer = None
+        if self.clock is not None and self.rekey_seconds is not None:
+            self._rekey_timer = self.clock.callLater(
+                self.rekey_seconds, self._rekey, "time limit reached"
+            )
+
+    def _rekey(self, why: str) -> None:
+        """Start a key re-exchange (RFC 4253 section 9), unless one is already under way."""
+        if self._closing or self._initial_kex or self._keyExchangeState != self._KEY_EXCHANGE_NONE:
+            return
+        self._log.debug("Re-exchanging keys with {peer}: {why}", peer=self._peer(), why=why)
+        # Reset first: sending KEXINIT counts bytes, and Conch marks the exchange as started
+        # only after sending it.
+        self._bytes_out = self._bytes_in = 0
+        self.sendKexInit()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._rekey_timer is not None and self._rekey_timer.active():
+            self._rekey_timer.cancel()
+        self._rekey_timer = None
+        super().connectionLost(reason)  # type: ignore[misc]
 
     # -- errors ------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from enum import Enum
 from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, MACS
 from twisted_rfwd.client.identity import Identity
 from twisted_rfwd.errors import ConfigError
+from twisted_rfwd.limits import DEFAULT_REKEY_BYTES, DEFAULT_REKEY_SECONDS
 from twisted_rfwd.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
 from twisted_rfwd.spec import RemoteForward
 
@@ -57,7 +58,17 @@ class ClientConfig:
         default_factory=lambda: [os.path.expanduser("~/.ssh/known_hosts")]
     )
     exit_on_forward_failure: bool = False
-    connect_timeout: float | None = None
+    # Covers the whole way to "authenticated and every forward answered", not just TCP.
+    connect_timeout: float = 30.0
+    server_alive_interval: float = 15.0
+    server_alive_count_max: int = 3
+    rekey_bytes: int | None = DEFAULT_REKEY_BYTES
+    rekey_seconds: float | None = DEFAULT_REKEY_SECONDS
+    reconnect: bool = True
+    reconnect_initial_delay: float = 1.0
+    reconnect_max_delay: float = 60.0
+    drain_time: float = 10.0
+    status_file: str | None = None
     window_size: int = DEFAULT_WINDOW
     max_packet: int = DEFAULT_MAX_PACKET
     ciphers: list[bytes] = field(default_factory=lambda: list(CIPHERS))
@@ -81,6 +92,9 @@ _KNOWN = {
         "Ciphers",
         "MACs",
         "KexAlgorithms",
+        "ServerAliveInterval",
+        "ServerAliveCountMax",
+        "RekeyLimit",
     )
 }
 _ACCUMULATE = {"IdentityFile", "RemoteForward"}

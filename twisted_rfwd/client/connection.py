@@ -117,6 +117,7 @@ class ForwardingClientConnection(ChannelMux):
         super().__init__(reactor, window_size=config.window_size, max_packet=config.max_packet)
         self.reactor = reactor
         self.tunnel = tunnel
+        self.accepting = True
 
     def serviceStarted(self) -> None:
         self.tunnel.connection_started(self)
@@ -135,6 +136,14 @@ class ForwardingClientConnection(ChannelMux):
             b"cancel-tcpip-forward", wire.TcpipForward(spec.request_address, port).pack()
         )
 
+    def peer_not_responding(self, silent_for: float) -> None:
+        config = self.tunnel.config
+        self.tunnel.peer_disconnected(
+            f"Timeout, server {config.host} not responding "
+            f"({config.server_alive_count_max} keepalives unanswered)"
+        )
+        super().peer_not_responding(silent_for)
+
     def global_request_received(self, name: bytes, data: bytes) -> bytes | None:
         # keepalive@openssh.com gets REQUEST_FAILURE, which OpenSSH counts as "alive";
         # hostkeys-00@openssh.com wants no reply and needs no action.
@@ -150,6 +159,10 @@ class ForwardingClientConnection(ChannelMux):
                 f"{channel_type.decode('ascii', 'replace')}",
             )
         request = wire.ForwardedTcpip.parse(data)
+        if not self.accepting:
+            raise ChannelOpenFailed(
+                wire.OPEN_ADMINISTRATIVELY_PROHIBITED, "rfwd-client is stopping"
+            )
         spec = self.tunnel.forward_for(request.connected_address, request.connected_port)
         if spec is None:
             self._log.warn(

@@ -1,67 +1,252 @@
 """
-The client as a Twisted service: connect when started, disconnect when stopped, and report the
-end of the tunnel to whoever runs it (the twistd plugin turns that into an exit status).
+The client as a Twisted service that keeps its tunnel up: what makes autossh unnecessary.
+
+Reconnection is Twisted's L{ClientService}, at the TCP level; each connection gets a fresh
+L{Tunnel}.  A connection attempt counts as a success only once it is authenticated and every
+forward has been answered, and the backoff grows with each attempt that falls short of that
+(ClientService's own counter restarts at every TCP connect, so the policy keeps its own).
+
+What retrying cannot fix ends the service through C{on_fatal}: an unknown or changed host key or
+a refused login on the first attempt, and a refused forward under C{ExitOnForwardFailure}.
+A forward the server refuses otherwise (its port still held by our previous, vanished
+connection, typically) is asked for again, with backoff, until it listens.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from twisted_rfwd.client.config import ClientConfig
-from twisted_rfwd.client.tunnel import Tunnel, connect
-from twisted_rfwd.errors import ConnectionClosed, RfwdError
+from twisted_rfwd.client.status import StatusFile, timestamp
+from twisted_rfwd.client.tunnel import (
+    ClientTransport,
+    ForwardState,
+    ForwardStatus,
+    Tunnel,
+    client_endpoint,
+)
+from twisted_rfwd.errors import ForwardRefused, RfwdError
 
 __all__ = ["TunnelService"]
 
 _log = Logger()
 
 
+class _TunnelFactory(Factory):
+    noisy = False
+
+    def __init__(self, service: TunnelService) -> None:
+        self.service = service
+
+    def buildProtocol(self, addr: object) -> ClientTransport:
+        return ClientTransport(self.service.new_tunnel())
+
+
 class TunnelService(Service):
-    """Keeps one tunnel for as long as the service runs; C{on_end} hears why it ended."""
+    """Keeps one tunnel up for as long as the service runs; C{on_fatal} hears what ends it."""
 
     def __init__(
-        self, reactor: Any, config: ClientConfig, on_end: Callable[[RfwdError], None]
+        self,
+        reactor: Any,
+        config: ClientConfig,
+        on_fatal: Callable[[RfwdError], None],
+        endpoint: IStreamClientEndpoint | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
-        self.on_end = on_end
+        self.on_fatal = on_fatal
+        self.endpoint = endpoint if endpoint is not None else client_endpoint(reactor, config)
         self.tunnel: Tunnel | None = None
-        self._connecting: Deferred[Tunnel] | None = None
+        self.status = StatusFile(config.status_file) if config.status_file else None
+        self.connections = 0
+        self.last_error: str | None = None
+        self.state = "stopped"
+        self._since = reactor.seconds()
+        self._failures = 0
+        self._backoff = backoffPolicy(config.reconnect_initial_delay, config.reconnect_max_delay)
+        self._deadline: IDelayedCall | None = None
+        self._retries: dict[int, IDelayedCall] = {}
+        self._client: ClientService | None = None
+        self._ended = False
+
+    # -- Service ----------------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self._connecting = connect(self.reactor, self.config)
-        self._connecting.addCallbacks(self._ready, self._failed)
+        self._ended = False
+        self._set_state("connecting")
+        self._client = ClientService(
+            self.endpoint, _TunnelFactory(self), retryPolicy=self._next_delay, clock=self.reactor
+        )
+        self._client.startService()
 
     def stopService(self) -> Deferred[None]:
+        """Drain the open forwarded connections (bounded), disconnect, and stop retrying."""
         super().stopService()
-        if self._connecting is not None:
-            self._connecting.cancel()
-        if self.tunnel is not None:
-            return self.tunnel.close().addCallback(lambda _: None)
-        return succeed(None)
+        self._ended = True
+        self._cancel_timers()
+        tunnel = self.tunnel
+        draining = (
+            tunnel.drain(self.config.drain_time).addCallback(lambda _: None)
+            if tunnel is not None and tunnel.connection is not None
+            else succeed(None)
+        )
+
+        def stop_client(_: object) -> Deferred[None]:
+            client, self._client = self._client, None
+            return client.stopService() if client is not None else succeed(None)
+
+        def stopped(_: object) -> None:
+            self._set_state("stopped")
+
+        return draining.addBoth(stop_client).addBoth(stopped)
+
+    # -- one connection attempt -------------------------------------------------------------
+
+    def new_tunnel(self) -> Tunnel:
+        """A TCP connection was made: give it a fresh tunnel and a deadline to get ready."""
+        tunnel = Tunnel(self.reactor, self.config)
+        tunnel.on_change = self._write_status
+        self.tunnel = tunnel
+        self._deadline = self.reactor.callLater(self.config.connect_timeout, self._too_slow, tunnel)
+        tunnel.when_ready().addCallbacks(self._ready, lambda _: None)
+        tunnel.when_closed().addCallback(self._closed, tunnel)
+        return tunnel
+
+    def _too_slow(self, tunnel: Tunnel) -> None:
+        self._deadline = None
+        tunnel.peer_disconnected(
+            f"no tunnel within ConnectTimeout ({self.config.connect_timeout:g} s)"
+        )
+        tunnel.abort()
 
     def _ready(self, tunnel: Tunnel) -> None:
-        self._connecting = None
-        self.tunnel = tunnel
-        tunnel.when_closed().addCallback(self._closed)
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        self._failures = 0
+        self.connections += 1
+        self.last_error = None
+        self._set_state("connected")
+        for state in tunnel.forwards:
+            if state.status is ForwardStatus.REFUSED:
+                self._retry_later(tunnel, state, 0)
 
-    def _failed(self, failure: Failure) -> None:
-        self._connecting = None
-        if not self.running:
+    def _closed(self, reason: RfwdError, tunnel: Tunnel) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        self._cancel_retries()
+        if self.tunnel is tunnel:
+            self.tunnel = None
+        if self._ended:
             return
-        error = failure.value
-        if not isinstance(error, RfwdError):
-            _log.failure("Unexpected error while connecting", failure=failure)
-            error = ConnectionClosed(failure.getErrorMessage())
-        self.on_end(error)
+        self.last_error = str(reason)
+        fatal = tunnel.fatal_error
+        give_up = fatal is not None and (isinstance(fatal, ForwardRefused) or self.connections == 0)
+        if give_up or not self.config.reconnect:
+            self._ended = True
+            self._set_state("failed")
+            _log.error("{reason}", reason=str(reason))
+            if self._client is not None:
+                self._client.stopService()
+            self.on_fatal(fatal or reason)
+            return
+        _log.warn("{reason}; reconnecting", reason=str(reason))
+        self._set_state("disconnected")
 
-    def _closed(self, reason: RfwdError) -> None:
-        if self.running:
-            self.on_end(reason)
+    def _next_delay(self, attempt: int) -> float:
+        """ClientService's retry policy, counting attempts that never got ready."""
+        delay = float(self._backoff(self._failures))
+        self._failures += 1
+        if not self._ended:
+            if self.state == "connected":
+                self._set_state("disconnected")
+            _log.info("Next connection attempt in {delay:.1f} s", delay=delay)
+        return delay
+
+    # -- forwards the server refused ----------------------------------------------------------
+
+    def _retry_later(self, tunnel: Tunnel, state: ForwardState, attempt: int) -> None:
+        delay = float(self._backoff(attempt))
+        _log.info(
+            "Will ask again for forward {spec} in {delay:.1f} s", spec=str(state.spec), delay=delay
+        )
+        self._retries[id(state)] = self.reactor.callLater(
+            delay, self._retry, tunnel, state, attempt + 1
+        )
+
+    def _retry(self, tunnel: Tunnel, state: ForwardState, attempt: int) -> None:
+        self._retries.pop(id(state), None)
+        if self._ended or tunnel is not self.tunnel:
+            return
+
+        def answered(result: ForwardState) -> None:
+            if result.status is ForwardStatus.REFUSED and tunnel is self.tunnel:
+                self._retry_later(tunnel, result, attempt)
+            elif result.status is ForwardStatus.LISTENING:
+                _log.info("Forward {spec} is listening now", spec=str(result.spec))
+
+        tunnel.retry_forward(state).addCallbacks(answered, lambda _: None)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self._since = self.reactor.seconds()
+        self._write_status()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status as a JSON-ready dict (see L{twisted_rfwd.client.status})."""
+        tunnel = self.tunnel
+        if tunnel is not None:
+            forwards = [
+                {
+                    "spec": str(s.spec),
+                    "state": s.status.value,
+                    "port": s.port,
+                    "last_error": s.error,
+                }
+                for s in tunnel.forwards
+            ]
+        else:
+            forwards = [
+                {"spec": str(spec), "state": "requested", "port": None, "last_error": None}
+                for spec in self.config.forwards
+            ]
+        return {
+            "state": self.state,
+            "server": f"{self.config.host}:{self.config.port}",
+            "user": self.config.user,
+            "pid": os.getpid(),
+            "since": timestamp(self._since),
+            "connections": self.connections,
+            "last_error": self.last_error,
+            "forwards": forwards,
+        }
+
+    def _write_status(self) -> None:
+        if self.status is not None:
+            self.status.write(self.snapshot())
+
+    def _cancel_timers(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        self._cancel_retries()
+
+    def _cancel_retries(self) -> None:
+        retries, self._retries = self._retries, {}
+        for call in retries.values():
+            if call.active():
+                call.cancel()

@@ -9,6 +9,7 @@ something fails, instead of "connection lost".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -74,6 +75,8 @@ class Tunnel:
         self._closed: _Outcome[RfwdError] = _Outcome()
         self._fatal: RfwdError | None = None
         self._peer_reason: str | None = None
+        # Called whenever a forward changes state (for the status file).
+        self.on_change: Callable[[], None] = lambda: None
 
     # -- for the user of the tunnel ----------------------------------------------------------
 
@@ -98,6 +101,35 @@ class Tunnel:
         self.forwards.append(state)
         return self._request(state)
 
+    def retry_forward(self, state: ForwardState) -> Deferred[ForwardState]:
+        """Ask again for a refused forward (its port may have been freed since)."""
+        if self.connection is None or self.connection.stopped:
+            return fail(ConnectionClosed("the tunnel is not connected"))
+        state.status = ForwardStatus.REQUESTED
+        return self._request(state)
+
+    def drain(self, timeout: float) -> Deferred[RfwdError]:
+        """
+        Stop gracefully: take no new forwarded connections, cancel the forwards, let open
+        connections finish for up to C{timeout} seconds, then disconnect.
+        """
+        connection = self.connection
+        if connection is None or connection.stopped:
+            return self.close()
+        connection.accepting = False
+        for state in self.forwards:
+            if state.status is ForwardStatus.LISTENING:
+                self.cancel_forward(state.spec).addErrback(lambda _: None)
+        idle = connection.when_idle().addTimeout(timeout, self.reactor)
+        open_channels = len(connection.channels)
+        if open_channels:
+            _log.info(
+                "Draining {count} forwarded connections for up to {timeout:g} s",
+                count=open_channels,
+                timeout=timeout,
+            )
+        return idle.addBoth(lambda _: self.close())
+
     def cancel_forward(self, spec: RemoteForward) -> Deferred[None]:
         """Stop the server listening for C{spec}; connections already open carry on."""
         for state in self.forwards:
@@ -107,6 +139,7 @@ class Tunnel:
             return fail(KeyError(f"no listening forward {spec}"))
         assert self.connection is not None and state.port is not None
         state.status = ForwardStatus.CANCELLED
+        self.on_change()
         d = self.connection.cancel_forward(spec, state.port)
         return d.addCallback(lambda _: None)
 
@@ -146,6 +179,9 @@ class Tunnel:
     def connection_started(self, connection: ForwardingClientConnection) -> None:
         """Authenticated: request every forward, then report ready (or fail)."""
         self.connection = connection
+        connection.start_keepalive(
+            self.config.server_alive_interval, self.config.server_alive_count_max
+        )
         requests = [self._request(state) for state in self.forwards]
         gatherResults(requests, consumeErrors=True).addCallbacks(
             self._forwards_answered, lambda _: None
@@ -165,6 +201,7 @@ class Tunnel:
 
         def listening(port: int) -> ForwardState:
             state.status, state.port, state.error = ForwardStatus.LISTENING, port, None
+            self.on_change()
             if spec.listen_port == 0:
                 _log.info(
                     "Allocated port {port} for remote forward to {destination}",
@@ -184,6 +221,7 @@ class Tunnel:
             state.status = ForwardStatus.REFUSED
             state.error = str(ForwardRefused(str(spec)))
             _log.warn("Warning: {error}", error=state.error)
+            self.on_change()
             return state
 
         return self.connection.request_forward(spec).addCallbacks(listening, refused)
@@ -219,6 +257,9 @@ class ClientTransport(TransportMixin, SSHClientTransport):
 
     def __init__(self, tunnel: Tunnel) -> None:
         self.tunnel = tunnel
+        self.clock = tunnel.reactor
+        self.rekey_bytes = tunnel.config.rekey_bytes
+        self.rekey_seconds = tunnel.config.rekey_seconds
         self.supportedPublicKeys = tunnel.known_hosts.order_algorithms(PUBLIC_KEY_ALGORITHMS)
         self.supportedCiphers = list(tunnel.config.ciphers)
         self.supportedMACs = list(tunnel.config.macs)
@@ -259,8 +300,7 @@ class ClientTransport(TransportMixin, SSHClientTransport):
 
 def client_endpoint(reactor: Any, config: ClientConfig) -> IStreamClientEndpoint:
     """The TCP connection to the SSH server."""
-    timeout = config.connect_timeout if config.connect_timeout is not None else 30
-    return HostnameEndpoint(reactor, config.host, config.port, timeout=timeout)
+    return HostnameEndpoint(reactor, config.host, config.port, timeout=config.connect_timeout)
 
 
 def connect(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from twisted.conch.ssh.keys import Key
 
 from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, MACS
+from twisted_rfwd.limits import DEFAULT_REKEY_BYTES, DEFAULT_REKEY_SECONDS
 from twisted_rfwd.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
 from twisted_rfwd.policy import GatewayPorts, ListenPolicy
 
@@ -28,6 +29,11 @@ class ServerConfig:
     permit_listen: ListenPolicy = field(default_factory=ListenPolicy)
     login_grace_time: float = 120.0
     max_auth_tries: int = 6
+    client_alive_interval: float = 15.0
+    client_alive_count_max: int = 3
+    rekey_bytes: int | None = DEFAULT_REKEY_BYTES
+    rekey_seconds: float | None = DEFAULT_REKEY_SECONDS
+    drain_time: float = 10.0
     window_size: int = DEFAULT_WINDOW
     max_packet: int = DEFAULT_MAX_PACKET
     ciphers: list[bytes] = field(default_factory=lambda: list(CIPHERS))

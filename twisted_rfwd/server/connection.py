@@ -38,14 +38,19 @@ class ForwardingServerConnection(ChannelMux):
         config: ServerConfig,
         login: LoginIdentity,
         binder: PortBinder,
+        registry: set[ForwardingServerConnection] | None = None,
     ) -> None:
         super().__init__(clock, window_size=config.window_size, max_packet=config.max_packet)
         self.config = config
         self.login = login
         self.binder = binder
         self.listeners: dict[tuple[str, int], ForwardListener] = {}
+        self._registry = registry if registry is not None else set()
+        self.shutting_down = False
 
     def serviceStarted(self) -> None:
+        self._registry.add(self)
+        self.start_keepalive(self.config.client_alive_interval, self.config.client_alive_count_max)
         self._log.info(
             "Accepted publickey for {user} from {peer}: {key_type} {fingerprint}",
             user=self.login.user,
@@ -56,14 +61,23 @@ class ForwardingServerConnection(ChannelMux):
 
     def serviceStopped(self) -> None:
         super().serviceStopped()
+        self._registry.discard(self)
+        why = self.end_reason or "the SSH connection ended"
         for listener in list(self.listeners.values()):
-            self._close_listener(listener, "the SSH connection ended")
+            self._close_listener(listener, why)
         self.listeners.clear()
         self._log.info(
             "Connection from {peer} for {user} closed",
             peer=self.peer_description(),
             user=self.login.user,
         )
+
+    def stop_forwarding(self, why: str) -> None:
+        """Close every listener and accept no new forwards; open connections carry on."""
+        self.shutting_down = True
+        for listener in list(self.listeners.values()):
+            self._close_listener(listener, why)
+        self.listeners.clear()
 
     def global_request_received(self, name: bytes, data: bytes) -> bytes | None:
         if name == b"tcpip-forward":
@@ -92,7 +106,8 @@ class ForwardingServerConnection(ChannelMux):
 
     def _forward(self, request: wire.TcpipForward) -> bytes | None:
         address, port = request.address, request.port
-        refusal = self._policy_refusal(address, port)
+        refusal = "the server is shutting down" if self.shutting_down else None
+        refusal = refusal or self._policy_refusal(address, port)
         if refusal:
             self._refuse(address, port, refusal)
             return None

@@ -14,8 +14,9 @@ from typing import Any
 
 from twisted.conch.ssh.factory import SSHFactory
 from twisted.conch.ssh.service import SSHService
-from twisted.conch.ssh.transport import SSHServerTransport
+from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHServerTransport
 from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorSocket, IReactorTime
 from twisted.logger import Logger
 
@@ -39,6 +40,15 @@ class ServerTransport(TransportMixin, SSHServerTransport):
     """Conch's server transport with our algorithms and an honest C{server-sig-algs}."""
 
     _log = Logger()
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        # A client saying goodbye is not an error on our side.
+        self._log.info(
+            "{peer} disconnected: {reason} (code {code})",
+            peer=self._peer(),
+            reason=description.decode("utf-8", "replace"),
+            code=reasonCode,
+        )
 
     def ssh_SERVICE_REQUEST(self, packet: bytes) -> None:
         # Conch would start userauth again and stop the running connection: its forwards.
@@ -76,6 +86,8 @@ class ForwardingServerFactory(SSHFactory):
         self.privateKeys = {key.sshType(): key for key in config.host_keys}
         self.publicKeys = {name: key.public() for name, key in self.privateKeys.items()}
         self.primes = None
+        self.connections: set[ForwardingServerConnection] = set()
+        self.shutting_down = False
 
     def getPrimes(self) -> None:
         """No group-exchange moduli: the elliptic-curve exchanges are all we offer."""
@@ -83,13 +95,38 @@ class ForwardingServerFactory(SSHFactory):
 
     def buildProtocol(self, addr: Any) -> ServerTransport:
         transport = super().buildProtocol(addr)
+        assert isinstance(transport, ServerTransport)
         transport.supportedPublicKeys = [
             name for name in transport.supportedPublicKeys if name in PUBLIC_KEY_ALGORITHMS
         ]
+        transport.clock = self.reactor
+        transport.rekey_bytes = self.config.rekey_bytes
+        transport.rekey_seconds = self.config.rekey_seconds
         transport.supportedCiphers = list(self.config.ciphers)
         transport.supportedMACs = list(self.config.macs)
         transport.supportedKeyExchanges = list(self.config.kex_algorithms)
-        return transport  # type: ignore[return-value]
+        return transport
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        Shut down gracefully: close every forward's listener, let forwarded connections finish
+        for up to C{timeout} seconds, then tell each client the server is going away.
+        """
+        self.shutting_down = True
+        connections = list(self.connections)
+        for connection in connections:
+            connection.stop_forwarding("the server is shutting down")
+        idle = DeferredList([c.when_idle() for c in connections], consumeErrors=True)
+        idle.addTimeout(timeout, self.reactor)
+
+        def disconnect(_: object) -> None:
+            for connection in connections:
+                if not connection.stopped:
+                    connection.transport.sendDisconnect(
+                        DISCONNECT_BY_APPLICATION, b"the server is shutting down"
+                    )
+
+        return idle.addBoth(disconnect)
 
     def getService(self, transport: Any, service: bytes) -> Callable[[], SSHService] | None:
         if service == b"ssh-userauth":
@@ -99,5 +136,7 @@ class ForwardingServerFactory(SSHFactory):
         avatar = getattr(transport, "avatar", None)
         if service == b"ssh-connection" and isinstance(avatar, ForwardingAvatar):
             login = avatar.login
-            return lambda: ForwardingServerConnection(self.reactor, self.config, login, self.binder)
+            return lambda: ForwardingServerConnection(
+                self.reactor, self.config, login, self.binder, self.connections
+            )
         return None

@@ -54,8 +54,20 @@ class ServerService(Service):
         self.on_error(f"cannot listen for SSH connections: {failure.getErrorMessage()}")
 
     def stopService(self) -> Deferred[None]:
+        """Stop accepting SSH connections, then drain the forwards (see L{drain})."""
         super().stopService()
-        if self.port is None:
-            return succeed(None)
         port, self.port = self.port, None
-        return maybeDeferred(port.stopListening).addCallback(lambda _: None)
+        stopped = maybeDeferred(port.stopListening) if port is not None else succeed(None)
+        return stopped.addCallback(lambda _: self.drain())
+
+    def drain(self) -> Deferred[None]:
+        connections = len(self.factory.connections)
+        timeout = self.factory.config.drain_time
+        if connections:
+            _log.info(
+                "Shutting down: closing forwards of {count} connections, draining up to "
+                "{timeout:g} s",
+                count=connections,
+                timeout=timeout,
+            )
+        return self.factory.drain(timeout)

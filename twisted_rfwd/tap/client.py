@@ -16,6 +16,7 @@ from twisted_rfwd.client.config import ClientConfig, HostKeyPolicy, SSHOptions
 from twisted_rfwd.client.identity import Identity, default_identity_paths, load_identity
 from twisted_rfwd.client.service import TunnelService
 from twisted_rfwd.errors import ConfigError, KeyLoadError
+from twisted_rfwd.limits import parse_duration, parse_rekey_limit
 from twisted_rfwd.spec import parse_remote_forward
 from twisted_rfwd.tap._exit import ExitStatus
 
@@ -35,6 +36,18 @@ class Options(usage.Options):
     optParameters = [
         ["port", "p", None, "SSH port of the server [default: 22]."],
         ["login", "l", None, "User to log in as [default: the local user]."],
+        [
+            "status-file",
+            None,
+            None,
+            "Keep a JSON status (connection and forwards) in this file, replaced atomically.",
+        ],
+        ["reconnect-delay", None, "1", "Seconds before the first reconnection attempt."],
+        ["reconnect-max-delay", None, "60", "Longest wait between attempts (backoff, jitter)."],
+        ["drain-time", None, "10", "On stop, seconds to let open connections finish."],
+    ]
+    optFlags = [
+        ["no-reconnect", None, "Exit (255) when the connection ends instead of reconnecting."],
     ]
 
     def __init__(self) -> None:
@@ -58,7 +71,7 @@ class Options(usage.Options):
     def opt_o(self, option: str) -> None:
         """ssh option as Name=Value: StrictHostKeyChecking, UserKnownHostsFile,
         ExitOnForwardFailure, Port, User, IdentityFile, ConnectTimeout, RemoteForward,
-        Ciphers, MACs, KexAlgorithms."""
+        Ciphers, MACs, KexAlgorithms, ServerAliveInterval, ServerAliveCountMax, RekeyLimit."""
         try:
             self.ssh_options.add(option)
         except ConfigError as e:
@@ -99,8 +112,23 @@ def build_config(options: Options) -> ClientConfig:
         identities=_identities(options["identity"] + o.get_all("IdentityFile")),
         strict_host_key_checking=HostKeyPolicy.parse(o.get("StrictHostKeyChecking") or "yes"),
         exit_on_forward_failure=bool(o.flag("ExitOnForwardFailure")),
-        connect_timeout=float(timeout) if timeout else None,
+        status_file=options["status-file"],
+        reconnect=not options["no-reconnect"],
+        reconnect_initial_delay=_seconds(options["reconnect-delay"], "--reconnect-delay"),
+        reconnect_max_delay=_seconds(options["reconnect-max-delay"], "--reconnect-max-delay"),
+        drain_time=_seconds(options["drain-time"], "--drain-time"),
     )
+    if timeout:
+        config.connect_timeout = float(timeout)
+    interval = o.get("ServerAliveInterval")
+    if interval is not None:
+        config.server_alive_interval = parse_duration(interval, "ServerAliveInterval")
+    count = o.number("ServerAliveCountMax", 0, 1000)
+    if count is not None:
+        config.server_alive_count_max = count
+    rekey = o.get("RekeyLimit")
+    if rekey is not None:
+        config.rekey_bytes, config.rekey_seconds = parse_rekey_limit(rekey)
     if known:
         config.known_hosts = [os.path.expanduser(p) for p in known.split()]
     for option, field_name, default in (
@@ -112,6 +140,16 @@ def build_config(options: Options) -> ClientConfig:
         if value is not None:
             setattr(config, field_name, choose(option, value, default))
     return config
+
+
+def _seconds(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{what} must be a number of seconds, not '{text}'") from None
+    if value < 0:
+        raise ConfigError(f"{what} must not be negative")
+    return value
 
 
 def _port(text: str) -> int:

@@ -14,6 +14,7 @@ from twisted.python import usage
 from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, MACS, choose
 from twisted_rfwd.allocator import tune_allocator
 from twisted_rfwd.errors import ConfigError
+from twisted_rfwd.limits import parse_duration, parse_rekey_limit
 from twisted_rfwd.policy import GatewayPorts, ListenPolicy
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.factory import ForwardingServerFactory
@@ -51,6 +52,21 @@ class Options(usage.Options):
             "no",
             "sshd's GatewayPorts: no (loopback only), yes, or clientspecified.",
         ],
+        [
+            "client-alive-interval",
+            None,
+            "15",
+            "sshd's ClientAliveInterval: probe a silent client after this long (0: never).",
+        ],
+        [
+            "client-alive-count-max",
+            None,
+            "3",
+            "sshd's ClientAliveCountMax: unanswered probes before disconnecting.",
+        ],
+        ["login-grace-time", None, "120", "sshd's LoginGraceTime: time allowed to log in."],
+        ["rekey-limit", None, "1G 1h", "sshd's RekeyLimit: re-exchange keys after this much."],
+        ["drain-time", None, "10", "On stop, seconds to let forwarded connections finish."],
         ["ciphers", None, None, "sshd's Ciphers: a list, or +list, -list, ^list on the default."],
         ["macs", None, None, "sshd's MACs, in the same form."],
         ["kex-algorithms", None, None, "sshd's KexAlgorithms, in the same form."],
@@ -76,6 +92,17 @@ class Options(usage.Options):
             self["host-keys"] = [load_host_key(path) for path in self["host-key"]]
             self["gateway-ports-policy"] = GatewayPorts.parse(self["gateway-ports"])
             self["permit-listen-policy"] = ListenPolicy.parse([self["permit-listen"]])
+            self["timing"] = {
+                "client_alive_interval": parse_duration(
+                    self["client-alive-interval"], "--client-alive-interval"
+                ),
+                "client_alive_count_max": _count(self["client-alive-count-max"]),
+                "login_grace_time": parse_duration(self["login-grace-time"], "--login-grace-time"),
+                "drain_time": parse_duration(self["drain-time"], "--drain-time"),
+            }
+            rekey_bytes, rekey_seconds = parse_rekey_limit(self["rekey-limit"])
+            self["timing"]["rekey_bytes"] = rekey_bytes
+            self["timing"]["rekey_seconds"] = rekey_seconds
             self["algorithms"] = {
                 field: choose(option, self[name], default)
                 for name, option, field, default in (
@@ -90,6 +117,12 @@ class Options(usage.Options):
 
 
 _log = Logger()
+
+
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"--client-alive-count-max must be a number, not '{text}'")
+    return int(text)
 
 
 def makeService(options: Options) -> IService:
@@ -112,6 +145,7 @@ def makeService(options: Options) -> IService:
         gateway_ports=options["gateway-ports-policy"],
         permit_listen=options["permit-listen-policy"],
         **options["algorithms"],
+        **options["timing"],
     )
     r: Any = reactor
     status = ExitStatus(r)
