@@ -32,3 +32,21 @@ def public_line(key: Key, comment: str = "test") -> bytes:
     """The authorized_keys / .pub line for C{key}."""
     line: bytes = key.public().toString("OPENSSH", comment=comment)
     return line
+
+
+_ENCRYPTED: dict[bytes, tuple[Key, bytes]] = {}
+
+
+def write_encrypted_key(path: Path, passphrase: bytes) -> Key:
+    """
+    Write a key in OpenSSH format encrypted with C{passphrase} (aes256-ctr, bcrypt KDF), mode
+    0600, and return it.  Conch's KDF takes most of a second, so each passphrase's key is made
+    once and shared by every test.
+    """
+    if passphrase not in _ENCRYPTED:
+        key = new_key()
+        _ENCRYPTED[passphrase] = key, key.toString("OPENSSH", passphrase=passphrase)
+    key, data = _ENCRYPTED[passphrase]
+    path.write_bytes(data)
+    os.chmod(path, 0o600)
+    return key

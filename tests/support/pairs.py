@@ -126,13 +126,17 @@ def start_rfwd_client(
     forwards: list[str],
     *options: str,
     host_key_checking: str = "accept-new",
+    identity: bool = True,
+    env: dict[str, str] | None = None,
 ) -> ChildProcess:
-    """rfwd-client with C{-R} for each forward; trusts the server's key on first use."""
+    """
+    rfwd-client with C{-R} for each forward; trusts the server's key on first use.  It logs
+    in with C{-i keys.user_key} (unless not C{identity}) and no agent (unless C{env} says).
+    """
     arguments = [
         "-p",
         str(ssh_port),
-        "-i",
-        str(keys.user_key),
+        *(["-i", str(keys.user_key)] if identity else []),
         "-o",
         f"StrictHostKeyChecking={host_key_checking}",
         "-o",
@@ -142,8 +146,9 @@ def start_rfwd_client(
     for spec in forwards:
         arguments += ["-R", spec]
     arguments.append(f"{keys.user}@127.0.0.1")
+    environment = {"SSH_AUTH_SOCK": "", **plugin_env(), **(env or {})}
     return spawn(
-        test, reactor, "rfwd-client", twistd_argv("rfwd-client", *arguments), env=plugin_env()
+        test, reactor, "rfwd-client", twistd_argv("rfwd-client", *arguments), env=environment
     )
 
 

@@ -53,6 +53,12 @@ class ClientConfig:
     forwards: list[RemoteForward] = field(default_factory=list)
     port: int = 22
     identities: list[Identity] = field(default_factory=list)
+    # ssh-agent's socket (C{IdentityAgent}); its keys are offered before C{identities}.
+    agent_socket: str | None = None
+    # C{IdentitiesOnly}: offer only C{identities} (the agent may still sign for them).
+    identities_only: bool = False
+    # Tried (keyboard-interactive, then password) only once public keys have not succeeded.
+    password: str | None = field(default=None, repr=False)
     strict_host_key_checking: HostKeyPolicy = HostKeyPolicy.YES
     known_hosts: list[str] = field(
         default_factory=lambda: [os.path.expanduser("~/.ssh/known_hosts")]
@@ -92,6 +98,8 @@ _KNOWN = {
         "Ciphers",
         "MACs",
         "KexAlgorithms",
+        "IdentityAgent",
+        "IdentitiesOnly",
         "ServerAliveInterval",
         "ServerAliveCountMax",
         "RekeyLimit",

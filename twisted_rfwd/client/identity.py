@@ -1,21 +1,34 @@
 """
 Client identities: private keys read from OpenSSH key files.
 
-A key that cannot be used is an error naming the file; a default key (C{~/.ssh/id_*}) that is
-encrypted is skipped with a warning, because rfwd-client never prompts.
+A key that cannot be used is an error naming the file; an encrypted key needs its passphrase
+given up front, because rfwd-client never prompts.  Without one, a default key (C{~/.ssh/id_*})
+that is encrypted is skipped with a warning, unless ssh-agent holds it.
 """
 
 from __future__ import annotations
 
 import os
+import struct
+from base64 import b64decode
 from dataclasses import dataclass, field
 
 from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
+from twisted.internet.defer import Deferred, fail, succeed
 
-from twisted_rfwd.errors import KeyLoadError
+from twisted_rfwd.errors import KeyLoadError, MalformedPacket
 from twisted_rfwd.fingerprint import fingerprint
+from twisted_rfwd.wire import Reader
 
-__all__ = ["DEFAULT_IDENTITY_NAMES", "Identity", "default_identity_paths", "load_identity"]
+__all__ = [
+    "DEFAULT_IDENTITY_NAMES",
+    "EncryptedKey",
+    "Identity",
+    "PublicOnlyIdentity",
+    "default_identity_paths",
+    "load_identity",
+    "load_public_identity",
+]
 
 DEFAULT_IDENTITY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")
 
@@ -35,29 +48,112 @@ class Identity:
     def key_type(self) -> str:
         return str(self.key.sshType().decode("ascii"))
 
+    def sign(self, data: bytes, algorithm: bytes) -> Deferred[bytes]:
+        """
+        The signature blob over C{data}.  A key at hand signs at once (the Deferred has fired);
+        other identities (the agent's) may answer later.
+        """
+        return succeed(self.key.sign(data, signatureType=algorithm))
+
     def __str__(self) -> str:
         return f"{self.source} ({self.key_type} {self.fingerprint})"
 
 
+class PublicOnlyIdentity(Identity):
+    """
+    A key file whose private half could not be loaded (encrypted, no passphrase): only its
+    public key, which ssh-agent may hold and sign for.  It cannot sign by itself.
+    """
+
+    def sign(self, data: bytes, algorithm: bytes) -> Deferred[bytes]:
+        return fail(EncryptedKey(self.source))
+
+
+class EncryptedKey(KeyLoadError):
+    """A private key file is encrypted and no passphrase was given."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            path,
+            "the key is encrypted and rfwd-client cannot prompt for a passphrase: "
+            "give it with --passphrase-file or --passphrase-env, or add the key to ssh-agent",
+        )
+
+
 def load_identity(path: str, passphrase: bytes | None = None) -> Identity:
-    """Read a private key file; raise L{KeyLoadError} saying why it is unusable."""
+    """
+    Read a private key file, decrypting it with C{passphrase} if it is encrypted; raise
+    L{KeyLoadError} saying why it is unusable (L{EncryptedKey}: encrypted, no passphrase).
+    """
     path = os.path.expanduser(path)
+    data = _read(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise KeyLoadError(path, e.strerror or str(e)) from None
-    try:
-        key = Key.fromString(data, passphrase=passphrase)
+        key = Key.fromString(data)
     except EncryptedKeyError:
-        raise KeyLoadError(
-            path, "the key is encrypted and rfwd-client cannot prompt for a passphrase"
-        ) from None
+        if passphrase is None:
+            raise EncryptedKey(path) from None
+        key = _decrypt(path, data, passphrase)
     except (BadKeyError, ValueError) as e:
         raise KeyLoadError(path, f"not a usable private key ({e})") from None
     if key.isPublic():
         raise KeyLoadError(path, "this is a public key; give the private key file")
     return Identity(key, path)
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise KeyLoadError(path, e.strerror or str(e)) from None
+
+
+def _decrypt(path: str, data: bytes, passphrase: bytes) -> Key:
+    if not passphrase:
+        raise KeyLoadError(path, "the key is encrypted and the passphrase given is empty")
+    try:
+        key: Key = Key.fromString(data, passphrase=passphrase)
+    except (BadKeyError, ValueError, TypeError) as e:
+        # Conch's words for a wrong passphrase, OpenSSH format and PEM.
+        if "check values do not match" in str(e) or "Bad Passphrase" in str(e):
+            raise KeyLoadError(path, "wrong passphrase: the key could not be decrypted") from None
+        raise KeyLoadError(path, f"cannot decrypt the key ({e})") from None
+    return key
+
+
+def load_public_identity(path: str) -> PublicOnlyIdentity:
+    """
+    The public half of a private key file that cannot be decrypted, to find the key in the
+    agent: from C{path}.pub, or else from the unencrypted header of an OpenSSH-format file,
+    as ssh does.  Signing with it fails; only L{KeyLoadError} says why it cannot be read.
+    """
+    path = os.path.expanduser(path)
+    try:
+        with open(path + ".pub", "rb") as f:
+            return PublicOnlyIdentity(Key.fromString(f.read()).public(), path)
+    except (OSError, BadKeyError, ValueError):
+        pass
+    try:
+        blob = _openssh_public_blob(_read(path))
+        return PublicOnlyIdentity(Key.fromString(blob, type="blob"), path)
+    except (BadKeyError, ValueError, MalformedPacket, struct.error):
+        raise KeyLoadError(path, "cannot read its public key (no usable .pub file)") from None
+
+
+def _openssh_public_blob(data: bytes) -> bytes:
+    """The first public key in an C{openssh-key-v1} private key file, stored unencrypted."""
+    lines = data.strip().splitlines()
+    if not lines or lines[0] != b"-----BEGIN OPENSSH PRIVATE KEY-----":
+        raise ValueError("not an OpenSSH private key")
+    decoded = b64decode(b"".join(lines[1:-1]))
+    magic = b"openssh-key-v1\0"
+    if not decoded.startswith(magic):
+        raise ValueError("not an OpenSSH private key")
+    reader = Reader(decoded[len(magic) :], "OpenSSH private key")
+    reader.string(), reader.string(), reader.string()  # cipher, KDF, KDF options
+    if reader.uint32() < 1:
+        raise ValueError("no key in the file")
+    return reader.string()
 
 
 def default_identity_paths(home: str | None = None) -> list[str]:

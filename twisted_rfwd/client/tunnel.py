@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_rfwd.channel import _Outcome
+from twisted_rfwd.client.agent import AgentKeys
 from twisted_rfwd.client.config import ClientConfig
 from twisted_rfwd.client.connection import ForwardingClientConnection, connect_error_text
 from twisted_rfwd.client.known_hosts import KnownHosts
@@ -286,8 +287,17 @@ class ClientTransport(TransportMixin, SSHClientTransport):
         self._logging_in = True
         config = self.tunnel.config
         connection = ForwardingClientConnection(self.tunnel.reactor, self.tunnel)
+        agent = AgentKeys(self.tunnel.reactor, config.agent_socket) if config.agent_socket else None
         self.requestService(
-            PublicKeyAuth(config.user, config.identities, connection, self.tunnel.fail)
+            PublicKeyAuth(
+                config.user,
+                config.identities,
+                connection,
+                self.tunnel.fail,
+                password=config.password,
+                agent=agent,
+                identities_only=config.identities_only,
+            )
         )
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:

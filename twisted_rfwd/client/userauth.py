@@ -1,10 +1,12 @@
 """
-The client side of C{ssh-userauth} (RFC 4252), public keys only.
+The client side of C{ssh-userauth} (RFC 4252): public keys (from files or ssh-agent), then a
+password given up front (C{keyboard-interactive}, RFC 4256, with one password prompt, and
+C{password}), the order of OpenSSH's client.  Nothing ever prompts.
 
 Conch's L{twisted.conch.ssh.userauth.SSHUserAuthClient} signs RSA keys with SHA-1 (C{ssh-rsa}),
 which OpenSSH servers refuse; this service picks C{rsa-sha2-512}/C{-256} from the server's
 C{server-sig-algs}, as OpenSSH's client does, and reports a refusal as one
-L{AuthenticationFailed} listing what was tried.
+L{AuthenticationFailed} listing what was tried (never a secret).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from twisted.conch.ssh.transport import (
     DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
     SSHTransportBase,
 )
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from twisted_rfwd.client.agent import AgentIdentity, AgentKeys, prepare_identities
 from twisted_rfwd.client.identity import Identity
 from twisted_rfwd.errors import AuthenticationFailed
 from twisted_rfwd.wire import Reader
@@ -31,6 +36,12 @@ MSG_USERAUTH_FAILURE = 51
 MSG_USERAUTH_SUCCESS = 52
 MSG_USERAUTH_BANNER = 53
 MSG_USERAUTH_PK_OK = 60
+# The same number, as the method in progress reads it:
+MSG_USERAUTH_PASSWD_CHANGEREQ = 60
+MSG_USERAUTH_INFO_REQUEST = 60
+MSG_USERAUTH_INFO_RESPONSE = 61
+# A server asking keyboard-interactive questions for longer than this is not asking for a password.
+MAX_INFO_REQUESTS = 5
 
 
 def signature_algorithm(key: Key, server_sig_algs: Sequence[bytes] | None) -> bytes:
@@ -47,7 +58,13 @@ def signature_algorithm(key: Key, server_sig_algs: Sequence[bytes] | None) -> by
 
 
 class PublicKeyAuth(SSHService):
-    """Tries each identity in turn: query the key, sign when the server says it would do."""
+    """
+    Tries each identity in turn (query the key, sign when the server says it would do), then
+    the password if there is one: C{keyboard-interactive} answering a single password prompt,
+    then C{password}.  With C{agent}, the agent's keys are listed first and merged with
+    C{identities} as ssh does (see L{prepare_identities}); C{identities_only} keeps to the
+    files.  An identity's signature may come later (a Deferred), as the agent's does.
+    """
 
     name = b"ssh-userauth"
     _log = Logger()
@@ -59,23 +76,58 @@ class PublicKeyAuth(SSHService):
         identities: Sequence[Identity],
         next_service: SSHService,
         on_failure: Callable[[AuthenticationFailed], None],
+        *,
+        password: str | None = None,
+        agent: AgentKeys | None = None,
+        identities_only: bool = False,
     ) -> None:
         self.user = user.encode("utf-8")
         self._identities = list(identities)
         self._next_service = next_service
         self._on_failure = on_failure
+        self._password = password
+        self._agent = agent
+        self._identities_only = identities_only
+        # The request in progress: C{publickey} with its identity and algorithm, C{password}
+        # or C{keyboard-interactive}; None when waiting for nothing in particular.
+        self._method: bytes | None = None
         self._current: tuple[Identity, bytes] | None = None
+        self._methods: list[bytes] = []
+        self._password_tried: set[bytes] = set()
+        self._password_rejected = False
+        self._info_requests = 0
+        self._kbd_note = ""
         self._tried: list[str] = []
+        self._stopped = False
         self.authenticated_with: Identity | None = None
+        self.authenticated_by: str | None = None
         self._handlers = {
             MSG_USERAUTH_FAILURE: self._on_userauth_failure,
             MSG_USERAUTH_SUCCESS: self._on_success,
             MSG_USERAUTH_BANNER: self._on_banner,
-            MSG_USERAUTH_PK_OK: self._on_pk_ok,
+            MSG_USERAUTH_PK_OK: self._on_method_message,
         }
 
     def serviceStarted(self) -> None:
-        self._request(b"none", b"")
+        if self._agent is None:
+            self._identities = prepare_identities(self._identities, [], self._identities_only)
+            self._request(b"none", b"")
+            return
+
+        def listed(agent_keys: list[AgentIdentity]) -> None:
+            if self._stopped:
+                return
+            self._identities = prepare_identities(
+                self._identities, agent_keys, self._identities_only
+            )
+            self._request(b"none", b"")
+
+        self._agent.identities().addCallback(listed).addErrback(self._unexpected)
+
+    def serviceStopped(self) -> None:
+        self._stopped = True
+        if self._agent is not None:
+            self._agent.close()
 
     def packetReceived(self, messageNum: int, packet: bytes) -> None:
         handler = self._handlers.get(messageNum)
@@ -92,14 +144,35 @@ class PublicKeyAuth(SSHService):
 
     def _on_userauth_failure(self, packet: bytes) -> None:
         reader = Reader(packet, "SSH_MSG_USERAUTH_FAILURE")
-        methods = [m for m in reader.string().split(b",") if m]
-        if self._current is not None:
-            identity, _ = self._current
-            self._tried.append(str(identity))
-            self._current = None
+        self._methods = [m for m in reader.string().split(b",") if m]
+        partial = reader.boolean()
+        self._finish_attempt(" (partial success)" if partial else "")
+        self._next()
+
+    def _finish_attempt(self, note: str = "") -> None:
+        """Record the request in progress as tried (its outcome in C{note})."""
+        if self._method == b"publickey" and self._current is not None:
+            self._tried.append(f"{self._current[0]}{note}")
+        elif self._method == b"keyboard-interactive":
+            self._tried.append(f"keyboard-interactive{self._kbd_note}{note}")
+            if self._kbd_note == " (password)" and not note:
+                self._password_rejected = True
+        elif self._method == b"password":
+            self._tried.append(f"password{note}")
+        self._method, self._current = None, None
+
+    def _next(self) -> None:
+        """Make the next request the server's methods allow, or give up."""
+        methods = self._methods
         if b"publickey" in methods and self._identities:
             self._query(self._identities.pop(0))
             return
+        if self._password is not None and not self._password_rejected:
+            for method in (b"keyboard-interactive", b"password"):
+                if method in methods and method not in self._password_tried:
+                    self._password_tried.add(method)
+                    self._start_password_method(method)
+                    return
         error = AuthenticationFailed(
             self.user.decode("utf-8", "replace"),
             self._tried,
@@ -117,8 +190,31 @@ class PublicKeyAuth(SSHService):
 
     def _query(self, identity: Identity) -> None:
         algorithm = signature_algorithm(identity.key, self._server_sig_algs())
-        self._current = (identity, algorithm)
+        self._method, self._current = b"publickey", (identity, algorithm)
         self._request(b"publickey", b"\x00" + NS(algorithm) + NS(identity.key.blob()))
+
+    def _start_password_method(self, method: bytes) -> None:
+        assert self._password is not None
+        self._method = method
+        if method == b"password":
+            self._request(b"password", b"\x00" + NS(self._password.encode("utf-8")))
+        else:
+            self._info_requests, self._kbd_note = 0, ""
+            self._request(b"keyboard-interactive", NS(b"") + NS(b""))  # language, submethods
+
+    def _on_method_message(self, packet: bytes) -> None:
+        """Message 60: PK_OK, PASSWD_CHANGEREQ or INFO_REQUEST, by the method in progress."""
+        if self._method == b"publickey":
+            self._on_pk_ok(packet)
+        elif self._method == b"keyboard-interactive":
+            self._on_info_request(packet)
+        elif self._method == b"password":
+            # An expired password: changing it needs a person.
+            self._finish_attempt(" (the server demands a new password)")
+            self._password_rejected = True
+            self._next()
+        else:
+            self.transport.sendUnimplemented()
 
     def _on_pk_ok(self, packet: bytes) -> None:
         if self._current is None:
@@ -136,19 +232,73 @@ class PublicKeyAuth(SSHService):
             + NS(algorithm)
             + NS(blob)
         )
-        signature = identity.key.sign(signed, signatureType=algorithm)
-        self._request(b"publickey", b"\x01" + NS(algorithm) + NS(blob) + NS(signature))
+
+        def signed_ok(signature: bytes) -> None:
+            if self._stopped or self._current is None or self._current[0] is not identity:
+                return
+            self._request(b"publickey", b"\x01" + NS(algorithm) + NS(blob) + NS(signature))
+
+        def sign_failed(failure: Failure) -> None:
+            if self._stopped or self._current is None or self._current[0] is not identity:
+                return
+            reason = failure.getErrorMessage()
+            self._log.warn(
+                "Cannot sign with {identity}: {reason}", identity=str(identity), reason=reason
+            )
+            self._finish_attempt(f" (not signed: {reason})")
+            self._next()
+
+        d = maybeDeferred(identity.sign, signed, algorithm)
+        d.addCallbacks(signed_ok, sign_failed).addErrback(self._unexpected)
+
+    def _on_info_request(self, packet: bytes) -> None:
+        assert self._password is not None
+        reader = Reader(packet, "SSH_MSG_USERAUTH_INFO_REQUEST")
+        reader.string(), reader.string(), reader.string()  # name, instruction, language
+        prompts = [(reader.string(), reader.boolean()) for _ in range(reader.uint32())]
+        self._info_requests += 1
+        if self._info_requests > MAX_INFO_REQUESTS:
+            self._kbd_note = " (too many questions)"
+            self._finish_attempt()
+            self._next()  # a new request abandons keyboard-interactive (RFC 4256 3.1)
+            return
+        answers: list[bytes] = []
+        if len(prompts) == 1 and not self._kbd_note and _asks_password(*prompts[0]):
+            answers = [self._password.encode("utf-8")]
+            self._kbd_note = " (password)"
+        elif prompts:
+            # Questions we cannot answer (a one-time code, a second factor): empty answers.
+            answers = [b""] * len(prompts)
+            if not self._kbd_note:
+                self._kbd_note = " (unanswered prompts)"
+        response = len(answers).to_bytes(4, "big") + b"".join(NS(a) for a in answers)
+        self.transport.sendPacket(MSG_USERAUTH_INFO_RESPONSE, response)
 
     def _on_success(self, packet: bytes) -> None:
-        if self._current is not None:
+        user = self.user.decode("utf-8", "replace")
+        if self._method == b"publickey" and self._current is not None:
             self.authenticated_with = self._current[0]
+            self.authenticated_by = str(self._current[0])
+        elif self._method is not None:
+            self.authenticated_by = self._method.decode("ascii")
+        if self.authenticated_by is not None:
             self._log.info(
                 "Authenticated as {user} with {identity}",
-                user=self.user.decode("utf-8", "replace"),
-                identity=str(self._current[0]),
+                user=user,
+                identity=self.authenticated_by,
             )
         self.transport.setService(self._next_service)
 
     def _on_banner(self, packet: bytes) -> None:
         message = Reader(packet, "SSH_MSG_USERAUTH_BANNER").string()
         self._log.info("Server banner: {banner}", banner=message.decode("utf-8", "replace"))
+
+    def _unexpected(self, failure: Failure) -> None:
+        self._log.failure("Unexpected error during authentication", failure=failure)
+        if not self._stopped:
+            self.transport.loseConnection()
+
+
+def _asks_password(prompt: bytes, echo: bool) -> bool:
+    """A prompt such as sshd's C{Password:} or C{user@host's password:}."""
+    return not echo and b"password" in prompt.lower()
