@@ -7,6 +7,7 @@ driven packet by packet, and a whole login in memory with a signature that arriv
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import tempfile
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import Any
 from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.keys import Key
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -267,6 +269,34 @@ class AgentKeysTests(TestCase):
         path = "/tmp/" + "x" * 200
         self.assertEqual(await AgentKeys(reactor, path).identities(), [])
         self.assertIn("the socket path is too long", log.text())
+
+    async def test_unusable_keys_are_left_out(self) -> None:
+        """Over a real Unix socket: keys Conch cannot read and DSA keys are skipped, not fatal."""
+        from cryptography.hazmat.primitives.asymmetric import dsa
+        from twisted.internet import reactor as r
+
+        reactor: Any = r
+        good = new_key()
+        dsa_blob = Key(dsa.generate_private_key(1024)).blob()
+        answer = struct.pack(">I", 3) + b"".join(
+            NS(blob) + NS(b"comment")
+            for blob in (NS(b"ssh-ed25519-cert-v01@openssh.com") + b"junk", dsa_blob, good.blob())
+        )
+
+        class ListingAgent(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                self.transport.write(frame(12, answer))  # type: ignore[union-attr]
+
+        directory = tempfile.mkdtemp(prefix="rfwd-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "agent.sock")
+        port = reactor.listenUNIX(path, Factory.forProtocol(ListingAgent))
+        self.addCleanup(port.stopListening)
+        agent = AgentKeys(reactor, path)
+        self.addCleanup(agent.close)
+        keys = await agent.identities()
+        self.assertEqual([k.key.blob() for k in keys], [good.blob()])
+        self.assertEqual(str(keys[0]), f"agent key comment (ssh-ed25519 {keys[0].fingerprint})")
 
 
 class FakeSSHTransport:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.conch.ssh.keys import Key
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
@@ -217,8 +217,10 @@ class AgentKeys:
         for blob, comment in keys:
             try:
                 key = Key.fromString(blob, type="blob")
-            except (BadKeyError, ValueError, struct.error):
-                continue  # a certificate, a security key or a type Conch does not know
+            except Exception:
+                # A certificate, a security key or a type Conch does not know: one odd key
+                # must not cost the agent's others.
+                continue
             if key.sshType() == b"ssh-dss":
                 continue  # as ssh: DSA is not offered
             source = f"agent key {comment}" if comment else "agent key"
