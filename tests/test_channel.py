@@ -45,6 +45,12 @@ class FakeMux:
     def sending(self, channel: Channel) -> None:
         self.senders.append(channel)
 
+    def stream_attached(self, channel: Channel) -> None:
+        pass
+
+    def stream_detached(self, channel: Channel) -> None:
+        pass
+
     def send_window_adjust(self, recipient: int, increment: int) -> None:
         self.events.append(("adjust", recipient, increment))
 

@@ -199,7 +199,8 @@ class ClientConfigTests(SynchronousTestCase):
         self.assertIs(config.strict_host_key_checking, HostKeyPolicy.YES)
         self.assertEqual(config.known_hosts, [os.path.expanduser("~/.ssh/known_hosts")])
         self.assertFalse(config.exit_on_forward_failure)
-        self.assertIsNone(config.connect_timeout)
+        # ConnectTimeout covers the whole handshake and defaults to 30 s (issue 4).
+        self.assertEqual(config.connect_timeout, 30.0)
 
     def test_defaults_not_shared(self) -> None:
         """Mutable defaults are fresh for each config."""

@@ -392,3 +392,53 @@ class RekeyTests(TestCase):
         rig.flush()
         reason = self.successResultOf(tunnel.when_closed())
         self.assertIn("service request after authentication", str(reason))
+
+
+class DrainTests(TestCase):
+    def rig(self) -> MemoryRig:
+        tmp = Path(self.mktemp())
+        tmp.mkdir()
+        return MemoryRig(tmp, [forward("8080:127.0.0.1:80")])
+
+    def test_server_drain_waits_for_forwarded_sockets_to_flush(self) -> None:
+        """A stopping server closes its listeners at once, but says goodbye only after every
+        forwarded connection has finished, its last bytes flushed."""
+        rig = self.rig()
+        tunnel = self.successResultOf(rig.connect())
+        app = rig.app_connects(8080)
+        destination = rig.destination_accepts()
+        drained = rig.factory.drain(60)
+        rig.flush()
+        self.assertEqual(rig.binder.listening(8080), [])
+        self.assertNoResult(drained)
+        destination.receive(b"last words")
+        destination.receive_eof()
+        app.receive_eof()
+        rig.flush()
+        # The application has not read the reply yet: the socket is still flushing.
+        self.assertNoResult(drained)
+        self.assertEqual(app.drain(), b"last words")
+        rig.flush()
+        self.successResultOf(drained)
+        rig.flush()
+        reason = self.successResultOf(tunnel.when_closed())
+        self.assertIn("the server is shutting down", str(reason))
+
+    def test_client_drain_refuses_new_connections_and_cancels_forwards(self) -> None:
+        """A stopping client cancels its forwards, refuses new channels, and disconnects once
+        the open connection is done."""
+        rig = self.rig()
+        tunnel = self.successResultOf(rig.connect())
+        app = rig.app_connects(8080)
+        destination = rig.destination_accepts()
+        closed = tunnel.drain(60)
+        rig.flush()
+        self.assertEqual(rig.binder.listening(8080), [])
+        self.assertNoResult(closed)
+        app.receive(b"still flowing")
+        app.receive_eof()
+        destination.receive_eof()
+        rig.flush()
+        self.assertEqual(destination.drain(), b"still flowing")
+        rig.flush()
+        self.successResultOf(closed)

@@ -93,6 +93,7 @@ class Channel:
     def attach(self, stream: LocalStream) -> None:
         """Connect the local stream; until the channel is open, the stream is not read."""
         self._stream = stream
+        self._mux.stream_attached(self)
         stream.registerProducer(self, True)
         if not self.is_open:
             self._pause_source()
@@ -134,6 +135,7 @@ class Channel:
     def local_connection_lost(self, reason: Failure | None = None) -> None:
         """The local stream is gone: nothing more will flow either way."""
         self._stream = None
+        self._mux.stream_detached(self)
         self._local_write_done = True
         if not self.is_open:
             self._eof_wanted = True

@@ -100,6 +100,10 @@ class ChannelMux(SSHService):
         self._keepalive: KeepAlive | None = None
         self.end_reason: str | None = None
         self._idle_waiters: list[Deferred[None]] = []
+        # Channels whose local socket is still open (it may outlive the channel to flush).
+        self._streams: set[Channel] = set()
+        self._stop_waiters: list[Deferred[None]] = []
+        self.ended = False
         self._handlers: dict[int, Callable[[bytes], None]] = {
             wire.MSG_GLOBAL_REQUEST: self._on_global_request,
             wire.MSG_REQUEST_SUCCESS: self._on_request_success,
@@ -213,16 +217,41 @@ class ChannelMux(SSHService):
         if self.channels.get(channel.local_id) is channel:
             del self.channels[channel.local_id]
         self._senders.discard(channel)
-        if not self.channels:
+        if self.idle:
             self._fire_idle()
 
+    def stream_attached(self, channel: Channel) -> None:
+        self._streams.add(channel)
+
+    def stream_detached(self, channel: Channel) -> None:
+        self._streams.discard(channel)
+        if self.idle:
+            self._fire_idle()
+
+    @property
+    def idle(self) -> bool:
+        """No channel open, and every forwarded socket finished closing."""
+        return not self.channels and not self._streams
+
     def when_idle(self) -> Deferred[None]:
-        """Fires once no channel is open (at once if none is), or the connection ended."""
+        """
+        Fires once no channel is open and every forwarded socket has closed (having flushed
+        what it had to send), at once if that is already so, or when the connection ended.
+        """
         d: Deferred[None] = Deferred()
-        if not self.channels or self.stopped:
+        if self.idle:
             d.callback(None)
         else:
             self._idle_waiters.append(d)
+        return d
+
+    def when_stopped(self) -> Deferred[None]:
+        """Fires once the SSH connection under this service has ended."""
+        d: Deferred[None] = Deferred()
+        if self.ended:
+            d.callback(None)
+        else:
+            self._stop_waiters.append(d)
         return d
 
     def _fire_idle(self) -> None:
@@ -370,6 +399,10 @@ class ChannelMux(SSHService):
         self._holding = None
         self._hold_reasons.clear()
         self._fire_idle()
+        self.ended = True
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     # -- incoming -----------------------------------------------------------------------------
 

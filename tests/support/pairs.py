@@ -59,9 +59,9 @@ def make_keys(workdir: Path, user_key_kind: str = "ed25519") -> Keys:
 
 
 async def start_rfwd_server(
-    test: TestCase, reactor: Any, keys: Keys, *extra: str
+    test: TestCase, reactor: Any, keys: Keys, *extra: str, port: int = 0
 ) -> tuple[ChildProcess, int]:
-    """rfwd-server on a free loopback port; returns the process and its SSH port."""
+    """rfwd-server on loopback (a free port unless given); returns the process and its port."""
     server = spawn(
         test,
         reactor,
@@ -69,7 +69,7 @@ async def start_rfwd_server(
         twistd_argv(
             "rfwd-server",
             "--listen",
-            "tcp:0:interface=127.0.0.1",
+            f"tcp:{port}:interface=127.0.0.1",
             "--host-key",
             str(keys.host_key),
             "--authorized-keys",
@@ -102,7 +102,7 @@ LogLevel VERBOSE
 
 
 async def start_sshd(
-    test: TestCase, reactor: Any, keys: Keys, extra: str = ""
+    test: TestCase, reactor: Any, keys: Keys, extra: str = "", port: int = 0
 ) -> tuple[ChildProcess, int]:
     """OpenSSH's sshd with its own config (plus C{extra} lines) on a free loopback port."""
     sshd = openssh_binary("sshd")
@@ -112,7 +112,7 @@ async def start_sshd(
     config.write_text(
         SSHD_CONFIG.format(host_key=keys.host_key, authorized_keys=keys.authorized_keys) + extra
     )
-    port = free_port()
+    port = port or free_port()
     server = spawn(test, reactor, "sshd", [sshd, "-D", "-e", "-f", str(config), "-p", str(port)])
     await server.wait_for(r"Server listening on 127\.0\.0\.1 port")
     return server, port

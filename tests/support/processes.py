@@ -44,12 +44,16 @@ class ChildProcess(ProcessProtocol):
         self._end_waiters: list[Deferred[None]] = []
         self.ended = False
 
+    spawned_pid = 0
+
+    def makeConnection(self, transport: Any) -> None:
+        self.spawned_pid = transport.pid
+        super().makeConnection(transport)
+
     @property
     def pid(self) -> int:
-        assert self.transport is not None
-        pid = self.transport.pid
-        assert isinstance(pid, int)
-        return pid
+        """The process ID it was started with (Twisted forgets it once the process exits)."""
+        return self.spawned_pid
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         buffered = self._partial.get(childFD, b"") + data
@@ -91,18 +95,24 @@ class ChildProcess(ProcessProtocol):
     def output(self, last: int = 60) -> str:
         return "\n".join(self.lines[-last:])
 
-    def find(self, pattern: str) -> re.Match[str] | None:
-        """The first line already printed that matches."""
+    def find(self, pattern: str, after: int = 0) -> re.Match[str] | None:
+        """The first line already printed (from line C{after} on) that matches."""
         compiled = re.compile(pattern)
-        for line in self.lines:
+        for line in self.lines[after:]:
             match = compiled.search(line)
             if match:
                 return match
         return None
 
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> Deferred[re.Match[str]]:
-        """Fires with the match once a line matching C{pattern} is printed."""
-        match = self.find(pattern)
+    def mark(self) -> int:
+        """A position in the output, for waiting on what is printed after it."""
+        return len(self.lines)
+
+    def wait_for(
+        self, pattern: str, timeout: float = 30.0, after: int = 0
+    ) -> Deferred[re.Match[str]]:
+        """Fires with the match once a line matching C{pattern} is printed (after C{after})."""
+        match = self.find(pattern, after)
         if match:
             return defer.succeed(match)
         if self.ended:
@@ -137,13 +147,21 @@ class ChildProcess(ProcessProtocol):
             self.transport.signalProcess(number)
 
     async def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL if it lingers; returns once the process is gone."""
+        """
+        SIGTERM, then SIGKILL for the process and everything it started if it lingers
+        (sshd's per-connection children keep its output pipes open); returns once it is gone.
+        """
         if self.ended:
             return
+        # Collected first: once the process exits its children are re-parented away.
+        tree = descendants(self.pid)
         self.signal(signal.SIGTERM)
         try:
             await self.wait_ended(grace)
         except defer.TimeoutError:
+            for pid in tree + descendants(self.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.signal(signal.SIGKILL)
             await self.wait_ended(grace)
 
@@ -193,6 +211,28 @@ def plugin_env() -> dict[str, str]:
     existing = os.environ.get("PYTHONPATH")
     path = str(REPOSITORY) if not existing else f"{REPOSITORY}{os.pathsep}{existing}"
     return {"PYTHONPATH": path}
+
+
+def descendants(pid: int) -> list[int]:
+    """The process IDs below C{pid} (children, grandchildren...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+    found: list[int] = []
+    pending = list(children.get(pid, []))
+    while pending:
+        child = pending.pop()
+        found.append(child)
+        pending.extend(children.get(child, []))
+    return found
 
 
 def free_port() -> int:

@@ -14,10 +14,14 @@ from typing import Any
 
 from twisted.conch.ssh.factory import SSHFactory
 from twisted.conch.ssh.service import SSHService
-from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHServerTransport
+from twisted.conch.ssh.transport import (
+    DISCONNECT_BY_APPLICATION,
+    DISCONNECT_PROTOCOL_ERROR,
+    SSHServerTransport,
+)
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorSocket, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorSocket, IReactorTime
 from twisted.logger import Logger
 
 from twisted_rfwd.errors import RemoteProtocolError
@@ -40,6 +44,40 @@ class ServerTransport(TransportMixin, SSHServerTransport):
     """Conch's server transport with our algorithms and an honest C{server-sig-algs}."""
 
     _log = Logger()
+    login_grace_time: float = 120.0
+    _grace: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # sshd's LoginGraceTime counts from the TCP connection, not from the userauth request
+        # (where Conch's own timeout starts): a peer that never finishes the key exchange is
+        # dropped too.
+        if self.clock is not None and self.login_grace_time > 0:
+            self._grace = self.clock.callLater(self.login_grace_time, self._grace_expired)
+
+    def _grace_expired(self) -> None:
+        self._grace = None
+        self._log.info(
+            "{peer} did not log in within {seconds:g} s; disconnecting",
+            peer=self._peer(),
+            seconds=self.login_grace_time,
+        )
+        self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"login grace time exceeded")
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def setService(self, service: Any) -> None:
+        if isinstance(service, ForwardingServerConnection) and self._grace is not None:
+            if self._grace.active():
+                self._grace.cancel()
+            self._grace = None
+        super().setService(service)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
+        super().connectionLost(reason)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         # A client saying goodbye is not an error on our side.
@@ -100,6 +138,7 @@ class ForwardingServerFactory(SSHFactory):
             name for name in transport.supportedPublicKeys if name in PUBLIC_KEY_ALGORITHMS
         ]
         transport.clock = self.reactor
+        transport.login_grace_time = self.config.login_grace_time
         transport.rekey_bytes = self.config.rekey_bytes
         transport.rekey_seconds = self.config.rekey_seconds
         transport.supportedCiphers = list(self.config.ciphers)
@@ -119,12 +158,17 @@ class ForwardingServerFactory(SSHFactory):
         idle = DeferredList([c.when_idle() for c in connections], consumeErrors=True)
         idle.addTimeout(timeout, self.reactor)
 
-        def disconnect(_: object) -> None:
+        def disconnect(_: object) -> Deferred[None]:
+            ended = []
             for connection in connections:
+                ended.append(connection.when_stopped())
                 if not connection.stopped:
                     connection.transport.sendDisconnect(
                         DISCONNECT_BY_APPLICATION, b"the server is shutting down"
                     )
+            # Let the goodbyes leave before the reactor drops every socket.
+            gone = DeferredList(ended, consumeErrors=True).addTimeout(5, self.reactor)
+            return gone.addBoth(lambda _: None)
 
         return idle.addBoth(disconnect)
 

@@ -25,6 +25,15 @@ class ExitStatus:
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.code = 0
+        reactor.addSystemEventTrigger("during", "shutdown", self._stopped_cleanly)
+
+    def _stopped_cleanly(self) -> None:
+        # twistd re-raises the signal that stopped it (SIGTERM, SIGINT) once the reactor is
+        # done, so the process would "die" of it.  Our services drain and close on stop: a
+        # stop by signal is an orderly exit, status 0.  (twistd reads this reactor attribute
+        # after run() returns; nothing public says otherwise.)
+        if hasattr(self.reactor, "_exitSignal"):
+            self.reactor._exitSignal = None
 
     def fail(self, message: str, code: int = SSH_FAILURE) -> None:
         _log.critical("{message}", message=message)
