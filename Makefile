@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test check install clean
+.PHONY: demo test check install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ check: $(VENV)/.deps
 
 test: install check
 	RFWD_REQUIRE_INSTALLED=1 $(BIN)/python -m twisted.trial --jobs=2 tests
+
+# Throughput, connection rate and memory against OpenSSH, on loopback (see benchmarks/README.md).
+bench: install
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp* .mypy_cache .ruff_cache

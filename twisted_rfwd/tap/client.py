@@ -83,7 +83,7 @@ class Options(usage.Options):
 
     opt_i = opt_identity
 
-    def opt_o(self, option: str) -> None:
+    def opt_option(self, option: str) -> None:
         """ssh option as Name=Value: StrictHostKeyChecking, UserKnownHostsFile,
         ExitOnForwardFailure, Port, User, IdentityFile, ConnectTimeout, RemoteForward,
         Ciphers, MACs, KexAlgorithms, ServerAliveInterval, ServerAliveCountMax, RekeyLimit,
@@ -92,6 +92,8 @@ class Options(usage.Options):
             self.ssh_options.add(option)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+    opt_o = opt_option
 
     def parseArgs(self, destination: str | None = None) -> None:
         if destination is None:
