@@ -14,12 +14,12 @@ from tests.support.apps import digest_line, exchange, pattern, start_app_server,
 from tests.support.memory import MemoryRig
 from tests.support.pairs import (
     make_keys,
-    ssh_config,
     start_rfwd_client,
     start_rfwd_server,
+    start_ssh,
     start_sshd,
 )
-from tests.support.processes import free_port, openssh_binary, spawn
+from tests.support.processes import free_port
 from twisted_rfwd.algorithms import choose
 from twisted_rfwd.client.tunnel import ClientTransport, ForwardStatus
 from twisted_rfwd.errors import ConfigError
@@ -87,24 +87,8 @@ class OpenSSHInteropTests(TestCase):
         server, ssh_port = await start_rfwd_server(self, reactor(), keys)
         listen = free_port()
         destination = app_port.getHost().port  # type: ignore[attr-defined]
-        spawn(
-            self,
-            reactor(),
-            "ssh",
-            [
-                openssh_binary("ssh"),
-                "-N",
-                "-F",
-                str(ssh_config(keys, ssh_port)),
-                "-c",
-                cipher,
-                "-m",
-                mac,
-                "-R",
-                f"127.0.0.1:{listen}:127.0.0.1:{destination}",
-                "rfwd-test",
-            ],
-        )
+        forward = f"127.0.0.1:{listen}:127.0.0.1:{destination}"
+        start_ssh(self, reactor(), keys, ssh_port, [forward], "-c", cipher, "-m", mac)
         await wait_until_echo(reactor(), listen)
         log = expected_log(cipher, mac).replace("(", r"\(").replace(")", r"\)")
         await server.wait_for(log, timeout=5)
@@ -259,21 +243,8 @@ class RekeyInteropTests(TestCase):
         server, ssh_port = await start_rfwd_server(self, reactor(), keys)
         listen = free_port()
         destination = app_port.getHost().port  # type: ignore[attr-defined]
-        config = ssh_config(keys, ssh_port, "  RekeyLimit 256K\n")
-        spawn(
-            self,
-            reactor(),
-            "ssh",
-            [
-                openssh_binary("ssh"),
-                "-N",
-                "-F",
-                str(config),
-                "-R",
-                f"127.0.0.1:{listen}:127.0.0.1:{destination}",
-                "rfwd-test",
-            ],
-        )
+        forward = f"127.0.0.1:{listen}:127.0.0.1:{destination}"
+        start_ssh(self, reactor(), keys, ssh_port, [forward], config_extra="  RekeyLimit 256K\n")
         await wait_until_echo(reactor(), listen)
         await self.transfer(listen)
         rekeys = [line for line in server.lines if "Key exchange with" in line]

@@ -17,21 +17,20 @@ done, and a received CLOSE is answered with CLOSE.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_rfwd.outcome import Outcome
 from twisted_rfwd.window import ReceiveWindow
 
 if TYPE_CHECKING:
     from twisted_rfwd.mux import ChannelMux
 
 __all__ = ["Channel", "LocalStream"]
-
-_T = TypeVar("_T")
 
 
 class LocalStream(Protocol):
@@ -75,8 +74,8 @@ class Channel:
         self.close_received = False
         self._local_write_done = False
         self._released = False
-        self._opened: _Outcome[Channel] = _Outcome()
-        self._closed: _Outcome[None] = _Outcome()
+        self._opened: Outcome[Channel] = Outcome()
+        self._closed: Outcome[None] = Outcome()
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -350,38 +349,3 @@ class Channel:
         self._released = True
         self._mux.release_channel(self)
         self._closed.settle(None)
-
-
-class _Outcome(Generic[_T]):
-    """A result that arrives once and is handed to any number of waiters, before or after."""
-
-    __slots__ = ("_result", "_waiters", "settled")
-
-    def __init__(self) -> None:
-        self.settled = False
-        self._result: _T | Failure | None = None
-        self._waiters: list[Deferred[_T]] = []
-
-    def settle(self, result: _T | Failure) -> None:
-        if self.settled:
-            return
-        self.settled = True
-        self._result = result
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            self._fire(d)
-
-    def wait(self) -> Deferred[_T]:
-        d: Deferred[_T] = Deferred()
-        if self.settled:
-            self._fire(d)
-        else:
-            self._waiters.append(d)
-        return d
-
-    def _fire(self, d: Deferred[_T]) -> None:
-        result = self._result
-        if isinstance(result, Failure):
-            d.errback(result)
-        else:
-            d.callback(result)  # type: ignore[arg-type]

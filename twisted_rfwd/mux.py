@@ -38,6 +38,7 @@ from twisted_rfwd.errors import (
     RemoteProtocolError,
 )
 from twisted_rfwd.keepalive import KeepAlive
+from twisted_rfwd.outcome import Outcome
 from twisted_rfwd.window import ReceiveWindow
 
 if TYPE_CHECKING:
@@ -102,8 +103,7 @@ class ChannelMux(SSHService):
         self._idle_waiters: list[Deferred[None]] = []
         # Channels whose local socket is still open (it may outlive the channel to flush).
         self._streams: set[Channel] = set()
-        self._stop_waiters: list[Deferred[None]] = []
-        self.ended = False
+        self._ended: Outcome[None] = Outcome()
         self._handlers: dict[int, Callable[[bytes], None]] = {
             wire.MSG_GLOBAL_REQUEST: self._on_global_request,
             wire.MSG_REQUEST_SUCCESS: self._on_request_success,
@@ -247,12 +247,7 @@ class ChannelMux(SSHService):
 
     def when_stopped(self) -> Deferred[None]:
         """Fires once the SSH connection under this service has ended."""
-        d: Deferred[None] = Deferred()
-        if self.ended:
-            d.callback(None)
-        else:
-            self._stop_waiters.append(d)
-        return d
+        return self._ended.wait()
 
     def _fire_idle(self) -> None:
         waiters, self._idle_waiters = self._idle_waiters, []
@@ -399,10 +394,7 @@ class ChannelMux(SSHService):
         self._holding = None
         self._hold_reasons.clear()
         self._fire_idle()
-        self.ended = True
-        waiters, self._stop_waiters = self._stop_waiters, []
-        for d in waiters:
-            d.callback(None)
+        self._ended.settle(None)
 
     # -- incoming -----------------------------------------------------------------------------
 

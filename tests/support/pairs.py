@@ -183,11 +183,17 @@ def ssh_config(keys: Keys, ssh_port: int, extra: str = "") -> Path:
 
 
 def start_ssh(
-    test: TestCase, reactor: Any, keys: Keys, ssh_port: int, forwards: list[str]
+    test: TestCase,
+    reactor: Any,
+    keys: Keys,
+    ssh_port: int,
+    forwards: list[str],
+    *options: str,
+    config_extra: str = "",
 ) -> ChildProcess:
-    """OpenSSH's C{ssh -N -F file -R ...}."""
+    """OpenSSH's C{ssh -N -F file [options] -R ...}."""
     ssh = openssh_binary("ssh")
-    arguments = [ssh, "-N", "-F", str(ssh_config(keys, ssh_port))]
+    arguments = [ssh, "-N", "-F", str(ssh_config(keys, ssh_port, config_extra)), *options]
     for spec in forwards:
         arguments += ["-R", spec]
     arguments.append("rfwd-test")

@@ -27,7 +27,6 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_rfwd.channel import _Outcome
 from twisted_rfwd.client.agent import AgentKeys
 from twisted_rfwd.client.config import ClientConfig
 from twisted_rfwd.client.connection import ForwardingClientConnection, connect_error_text
@@ -35,6 +34,7 @@ from twisted_rfwd.client.known_hosts import KnownHosts
 from twisted_rfwd.client.userauth import PublicKeyAuth
 from twisted_rfwd.errors import ConnectionClosed, ForwardRefused, HostKeyError, RfwdError
 from twisted_rfwd.mux import GlobalRequestFailed
+from twisted_rfwd.outcome import Outcome
 from twisted_rfwd.spec import RemoteForward
 from twisted_rfwd.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
 
@@ -72,8 +72,8 @@ class Tunnel:
         )
         self.transport: ClientTransport | None = None
         self.connection: ForwardingClientConnection | None = None
-        self._ready: _Outcome[Tunnel] = _Outcome()
-        self._closed: _Outcome[RfwdError] = _Outcome()
+        self._ready: Outcome[Tunnel] = Outcome()
+        self._closed: Outcome[RfwdError] = Outcome()
         self._fatal: RfwdError | None = None
         self._peer_reason: str | None = None
         # Called whenever a forward changes state (for the status file).
