@@ -442,3 +442,20 @@ class DrainTests(TestCase):
         self.assertEqual(destination.drain(), b"still flowing")
         rig.flush()
         self.successResultOf(closed)
+
+
+class KeyTypeLoginTests(TestCase):
+    def test_ecdsa_user_keys_log_in(self) -> None:
+        """ECDSA user keys (nistp256 here) authenticate too."""
+        from twisted_rfwd.client.identity import Identity
+
+        tmp = Path(self.mktemp())
+        tmp.mkdir()
+        rig = MemoryRig(tmp, [forward("8080:127.0.0.1:80")])
+        key = new_key("ecdsa")
+        Path(rig.server_config.authorized_keys).write_bytes(public_line(key) + b"\n")
+        rig.client_config.identities = [Identity(key, "ecdsa key")]
+        tunnel = self.successResultOf(rig.connect())
+        self.assertEqual(tunnel.forwards[0].status, ForwardStatus.LISTENING)
+        assert tunnel.connection is not None
+        self.assertEqual(tunnel.connection.max_packet, 128 * 1024)

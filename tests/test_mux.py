@@ -379,7 +379,7 @@ class IncomingOpenTests(MuxTestCase):
         self.assertEqual(mux.channels, {})
 
     def test_confirmed_only_when_deferred_fires(self) -> None:
-        """CONFIRMATION waits for the subclass; it has our id, a 2 MiB window, 128 KiB packets."""
+        """CONFIRMATION waits for the subclass; it has our id, a 2 MiB window, 32 KiB packets."""
         mux, transport = self.deferring_mux()
         mux.packetReceived(wire.MSG_CHANNEL_OPEN, self.open_request(sender=9))
         [(channel_type, data, channel, d)] = mux.opens
@@ -392,9 +392,9 @@ class IncomingOpenTests(MuxTestCase):
         confirmation = wire.ChannelOpenConfirmation.parse(payload)
         self.assertEqual(
             confirmation,
-            wire.ChannelOpenConfirmation(9, channel.local_id, 2 * 1024 * 1024, 128 * 1024),
+            wire.ChannelOpenConfirmation(9, channel.local_id, 2 * 1024 * 1024, 32 * 1024),
         )
-        self.assertEqual((DEFAULT_WINDOW, DEFAULT_MAX_PACKET), (2 * 1024 * 1024, 128 * 1024))
+        self.assertEqual((DEFAULT_WINDOW, DEFAULT_MAX_PACKET), (2 * 1024 * 1024, 32 * 1024))
         self.assertTrue(channel.is_open)
         self.assertEqual(channel.remote_id, 9)
         self.assertIs(mux.channels[channel.local_id], channel)
@@ -645,3 +645,17 @@ class SocketBackPressureTests(MuxTestCase):
         self.assertTrue(self.busy_stream.reading_paused)
         self.mux.key_exchange_finished()
         self.assertFalse(self.busy_stream.reading_paused)
+
+
+class PacketSizeTests(MuxTestCase):
+    def test_openssh_peer_gets_openssh_packet_size(self) -> None:
+        """With an OpenSSH peer we accept 32 KiB channel packets, as OpenSSH does."""
+        mux, transport = self.base_mux()
+        transport.otherVersionString = b"SSH-2.0-OpenSSH_9.2p1 Debian-2"  # type: ignore[attr-defined]
+        self.assertEqual(mux.max_packet, 32 * 1024)
+
+    def test_rfwd_peer_gets_larger_packets(self) -> None:
+        """When both ends are rfwd, we accept 128 KiB packets (fewer, cheaper packets)."""
+        mux, transport = self.base_mux()
+        transport.otherVersionString = b"SSH-2.0-rfwd_0.1.0"  # type: ignore[attr-defined]
+        self.assertEqual(mux.max_packet, 128 * 1024)

@@ -44,13 +44,22 @@ from twisted_rfwd.window import ReceiveWindow
 if TYPE_CHECKING:
     from twisted.conch.ssh.transport import SSHTransportBase
 
-__all__ = ["DEFAULT_MAX_PACKET", "DEFAULT_WINDOW", "ChannelMux", "GlobalRequestFailed"]
+__all__ = [
+    "DEFAULT_MAX_PACKET",
+    "DEFAULT_WINDOW",
+    "RFWD_PEER_MAX_PACKET",
+    "ChannelMux",
+    "GlobalRequestFailed",
+]
 
 _DATA_HEADER = struct.Struct(">BLL")
 _CHANNEL_AND_LENGTH = struct.Struct(">LL")
 
 DEFAULT_WINDOW = 2 * 1024 * 1024
-DEFAULT_MAX_PACKET = 128 * 1024
+DEFAULT_MAX_PACKET = 32 * 1024
+# What we accept from a peer that is rfwd too (its banner says so): fewer, larger packets.
+# OpenSSH peers get OpenSSH's own 32 KiB, as they expect.
+RFWD_PEER_MAX_PACKET = 128 * 1024
 
 
 class GlobalRequestFailed(Exception):
@@ -86,7 +95,8 @@ class ChannelMux(SSHService):
     ) -> None:
         self.clock = clock
         self.window_size = window_size
-        self.max_packet = max_packet
+        self._configured_max_packet = max_packet
+        self._max_packet: int | None = None
         self.channels: dict[int, Channel] = {}
         self._next_local_id = 0
         self._opening: dict[int, Deferred[Any]] = {}
@@ -120,6 +130,16 @@ class ChannelMux(SSHService):
             wire.MSG_CHANNEL_SUCCESS: self._ignore,
             wire.MSG_CHANNEL_FAILURE: self._ignore,
         }
+
+    @property
+    def max_packet(self) -> int:
+        """The largest CHANNEL_DATA we accept: larger when the peer is rfwd."""
+        if self._max_packet is None:
+            banner = getattr(self.transport, "otherVersionString", b"") or b""
+            peer_is_rfwd = banner.startswith(b"SSH-2.0-rfwd_")
+            configured = self._configured_max_packet
+            self._max_packet = max(configured, RFWD_PEER_MAX_PACKET) if peer_is_rfwd else configured
+        return self._max_packet
 
     # -- policy hooks for subclasses ----------------------------------------------------------
 
