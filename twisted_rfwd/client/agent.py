@@ -217,9 +217,12 @@ class AgentKeys:
         for blob, comment in keys:
             try:
                 key = Key.fromString(blob, type="blob")
-            except Exception:
+            except Exception as e:
                 # A certificate, a security key or a type Conch does not know: one odd key
                 # must not cost the agent's others.
+                _log.debug(
+                    "Skipping agent key {comment!r}: {error}", comment=comment, error=repr(e)
+                )
                 continue
             if key.sshType() == b"ssh-dss":
                 continue  # as ssh: DSA is not offered
