@@ -144,10 +144,15 @@ class Tunnel:
         d = self.connection.cancel_forward(spec, state.port)
         return d.addCallback(lambda _: None)
 
-    def close(self) -> Deferred[RfwdError]:
-        """Disconnect; fires when the connection is gone."""
+    def close(self, grace: float = 5.0) -> Deferred[RfwdError]:
+        """
+        Disconnect; fires when the connection is gone.  A goodbye that cannot leave (a dead
+        link) does not hold the caller up: after C{grace} seconds the connection is dropped.
+        """
         if self.transport is not None and not self._closed.settled:
             self.transport.sendDisconnect(DISCONNECT_BY_APPLICATION, b"rfwd-client closing")
+            deadline = self.reactor.callLater(grace, self.abort)
+            self._closed.wait().addBoth(lambda _: deadline.cancel() if deadline.active() else None)
         return self.when_closed()
 
     def abort(self) -> None:
