@@ -5,6 +5,7 @@ strict key exchange (the Terrapin fix) as OpenSSH defines it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from twisted.trial.unittest import TestCase
 from tests.support.apps import digest_line, exchange, pattern, start_app_server, wait_until_echo
 from tests.support.memory import MemoryRig
 from tests.support.pairs import (
+    Keys,
     make_keys,
     start_rfwd_client,
     start_rfwd_server,
@@ -44,6 +46,16 @@ def reactor() -> Any:
     return r
 
 
+async def app_and_forward(test: TestCase) -> tuple[Keys, str, int]:
+    """Fresh keys, an app server (stopped with the test), and a -R spec from a free port to it."""
+    keys = make_keys(Path(test.mktemp()))
+    _, app_port = await start_app_server(reactor())
+    test.addCleanup(app_port.stopListening)
+    listen = free_port()
+    destination = app_port.getHost().port  # type: ignore[attr-defined]
+    return keys, f"127.0.0.1:{listen}:127.0.0.1:{destination}", listen
+
+
 def expected_log(cipher: str, mac: str) -> str:
     shown = "(implicit MAC)" if cipher in AEAD else mac
     return f"out {cipher} {shown}, in {cipher} {shown}, strict KEX"
@@ -55,18 +67,14 @@ class OpenSSHInteropTests(TestCase):
     timeout = 60
 
     async def client_to_sshd(self, cipher: str, mac: str) -> None:
-        keys = make_keys(Path(self.mktemp()))
-        _, app_port = await start_app_server(reactor())
-        self.addCleanup(app_port.stopListening)
+        keys, forward, listen = await app_and_forward(self)
         _, ssh_port = await start_sshd(self, reactor(), keys)
-        listen = free_port()
-        destination = app_port.getHost().port  # type: ignore[attr-defined]
         client = start_rfwd_client(
             self,
             reactor(),
             keys,
             ssh_port,
-            [f"127.0.0.1:{listen}:127.0.0.1:{destination}"],
+            [forward],
             "-o",
             f"Ciphers={cipher}",
             "-o",
@@ -74,23 +82,18 @@ class OpenSSHInteropTests(TestCase):
         )
         await client.wait_for(r"Connected to 127\.0\.0\.1")
         self.assertIsNotNone(
-            client.find(expected_log(cipher, mac).replace("(", r"\(").replace(")", r"\)")),
+            client.find(re.escape(expected_log(cipher, mac))),
             client.output(),
         )
         data = pattern(1 << 20, seed=11)
         self.assertEqual(await exchange(reactor(), listen, b"U" + data), digest_line(data))
 
     async def ssh_to_server(self, cipher: str, mac: str) -> None:
-        keys = make_keys(Path(self.mktemp()))
-        _, app_port = await start_app_server(reactor())
-        self.addCleanup(app_port.stopListening)
+        keys, forward, listen = await app_and_forward(self)
         server, ssh_port = await start_rfwd_server(self, reactor(), keys)
-        listen = free_port()
-        destination = app_port.getHost().port  # type: ignore[attr-defined]
-        forward = f"127.0.0.1:{listen}:127.0.0.1:{destination}"
         start_ssh(self, reactor(), keys, ssh_port, [forward], "-c", cipher, "-m", mac)
         await wait_until_echo(reactor(), listen)
-        log = expected_log(cipher, mac).replace("(", r"\(").replace(")", r"\)")
+        log = re.escape(expected_log(cipher, mac))
         await server.wait_for(log, timeout=5)
         data = pattern(1 << 20, seed=12)
         self.assertEqual(await exchange(reactor(), listen, b"U" + data), digest_line(data))
@@ -221,15 +224,9 @@ class RekeyInteropTests(TestCase):
 
     async def test_sshd_rekeys_under_rfwd_client(self) -> None:
         """sshd with RekeyLimit 256K: rfwd-client follows every re-exchange."""
-        keys = make_keys(Path(self.mktemp()))
-        _, app_port = await start_app_server(reactor())
-        self.addCleanup(app_port.stopListening)
+        keys, forward, listen = await app_and_forward(self)
         _, ssh_port = await start_sshd(self, reactor(), keys, "RekeyLimit 256K\n")
-        listen = free_port()
-        destination = app_port.getHost().port  # type: ignore[attr-defined]
-        client = start_rfwd_client(
-            self, reactor(), keys, ssh_port, [f"127.0.0.1:{listen}:127.0.0.1:{destination}"]
-        )
+        client = start_rfwd_client(self, reactor(), keys, ssh_port, [forward])
         await client.wait_for(r"Connected to 127\.0\.0\.1")
         await self.transfer(listen)
         rekeys = [line for line in client.lines if "Key exchange with" in line]
@@ -237,13 +234,8 @@ class RekeyInteropTests(TestCase):
 
     async def test_ssh_rekeys_with_rfwd_server(self) -> None:
         """ssh -o RekeyLimit=256K against rfwd-server: the server follows every re-exchange."""
-        keys = make_keys(Path(self.mktemp()))
-        _, app_port = await start_app_server(reactor())
-        self.addCleanup(app_port.stopListening)
+        keys, forward, listen = await app_and_forward(self)
         server, ssh_port = await start_rfwd_server(self, reactor(), keys)
-        listen = free_port()
-        destination = app_port.getHost().port  # type: ignore[attr-defined]
-        forward = f"127.0.0.1:{listen}:127.0.0.1:{destination}"
         start_ssh(self, reactor(), keys, ssh_port, [forward], config_extra="  RekeyLimit 256K\n")
         await wait_until_echo(reactor(), listen)
         await self.transfer(listen)

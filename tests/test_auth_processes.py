@@ -299,6 +299,29 @@ async def start_sshd_config(
 
 
 class PasswordTests(AuthTestCase):
+    def password_client(
+        self,
+        keys: Keys,
+        port: int,
+        forwards: list[str],
+        user: ThrowawayUser,
+        password_file: Path,
+        *options: str,
+    ) -> ChildProcess:
+        """rfwd-client logging in as the throwaway user with --password-file."""
+        return start_rfwd_client(
+            self,
+            reactor(),
+            keys,
+            port,
+            forwards,
+            "-l",
+            user.name,
+            "--password-file",
+            str(password_file),
+            *options,
+        )
+
     async def start_sshd_for(
         self, keys: Keys, user: ThrowawayUser, pubkey: bool = False
     ) -> tuple[ChildProcess, int]:
@@ -317,17 +340,7 @@ class PasswordTests(AuthTestCase):
         password_file.write_text(user.password + "\n")
         sshd, port = await self.start_sshd_for(keys, user, pubkey)
         spec, listen = await self.app_forward()
-        client = start_rfwd_client(
-            self,
-            reactor(),
-            keys,
-            port,
-            [spec],
-            "-l",
-            user.name,
-            "--password-file",
-            str(password_file),
-        )
+        client = self.password_client(keys, port, [spec], user, password_file)
         await self.assert_logs_in(client, listen, rf"Authenticated as {user.name} with password")
         await sshd.wait_for(rf"Accepted password for {user.name} ")
         self.assertNotIn(user.password, client.output(1000))
@@ -349,17 +362,8 @@ class PasswordTests(AuthTestCase):
         password_file = keys.workdir / "password"
         password_file.write_text("wrong-" + user.password + "\n")
         _, port = await self.start_sshd_for(keys, user, pubkey=True)
-        client = start_rfwd_client(
-            self,
-            reactor(),
-            keys,
-            port,
-            ["0:127.0.0.1:9"],
-            "-l",
-            user.name,
-            "--password-file",
-            str(password_file),
-            "--no-reconnect",
+        client = self.password_client(
+            keys, port, ["0:127.0.0.1:9"], user, password_file, "--no-reconnect"
         )
         await client.wait_ended(60)
         self.assertEqual(client.exit_code, 255)
@@ -387,17 +391,7 @@ class PasswordTests(AuthTestCase):
             "  KbdInteractiveAuthentication yes\n",
         )
         spec, listen = await self.app_forward()
-        client = start_rfwd_client(
-            self,
-            reactor(),
-            keys,
-            port,
-            [spec],
-            "-l",
-            user.name,
-            "--password-file",
-            str(password_file),
-        )
+        client = self.password_client(keys, port, [spec], user, password_file)
         await self.assert_logs_in(
             client, listen, rf"Authenticated as {user.name} with keyboard-interactive"
         )
