@@ -231,34 +231,59 @@ class GCMOpener:
 # -- chacha20-poly1305@openssh.com ---------------------------------------------------------------
 
 
-def _chacha_nonce(counter: int, seq: int) -> bytes:
+_CHACHA_BLOCK_ZERO = bytes(8)
+_CHACHA_SEQ = struct.Struct(">Q")
+
+
+def _chacha_nonce(seq: int) -> bytes:
     # OpenSSH's ChaCha20 takes a 64-bit block counter and a 64-bit nonce (the sequence number);
     # cryptography's 16-byte nonce is the 32-bit counter and 96-bit nonce of RFC 8439, which is
     # the same cipher state as long as the counter stays below 2**32 (packets are < 256 KiB).
-    return struct.pack("<Q", counter) + struct.pack(">Q", seq)
+    # Every packet starts at block 0.
+    return _CHACHA_BLOCK_ZERO + _CHACHA_SEQ.pack(seq)
+
+
+class _ChaChaStreams:
+    """
+    The two ChaCha20 keystreams of one direction, set up once and re-aimed at each packet's
+    nonce (building a cipher context costs more than encrypting a small packet).
+    """
+
+    def __init__(self, key: bytes) -> None:
+        first = _chacha_nonce(0)
+        self._main = Cipher(algorithms.ChaCha20(key[:32], first), None).encryptor()
+        self._header = Cipher(algorithms.ChaCha20(key[32:64], first), None).encryptor()
+
+    def length(self, seq: int, data: bytes) -> bytes:
+        """The packet-length field, encrypted or decrypted with the header key."""
+        self._header.reset_nonce(_chacha_nonce(seq))
+        return self._header.update(data)
+
+    def start(self, seq: int) -> bytes:
+        """Aim the main keystream at packet C{seq}; returns the packet's Poly1305 key."""
+        self._main.reset_nonce(_chacha_nonce(seq))
+        # Block 0 gives the Poly1305 key; the payload starts at block 1.
+        return self._main.update(_ZERO_BLOCK)[:32]
+
+    def update(self, data: bytes | memoryview) -> bytes:
+        return self._main.update(data)
 
 
 class ChaChaSealer:
     def __init__(self, key: bytes) -> None:
-        self._main = key[:32]
-        self._header = key[32:64]
+        self._streams = _ChaChaStreams(key)
 
     def seal(self, seq: int, parts: Sequence[bytes | memoryview]) -> list[bytes]:
         size = sum(len(p) for p in parts)
         pad = _pad_length(1 + size, 8)
-        nonce = _chacha_nonce(0, seq)
-        length = (
-            Cipher(algorithms.ChaCha20(self._header, nonce), None)
-            .encryptor()
-            .update(_UINT32.pack(1 + size + pad))
-        )
-        stream = Cipher(algorithms.ChaCha20(self._main, nonce), None).encryptor()
-        mac = Poly1305(stream.update(_ZERO_BLOCK)[:32])
+        streams = self._streams
+        length = streams.length(seq, _UINT32.pack(1 + size + pad))
+        mac = Poly1305(streams.start(seq))
         mac.update(length)
         # Encrypt and authenticate part by part: no copy of the payload into one buffer.
         pieces = [length]
         for part in (bytes((pad,)), *parts, _padding.take(pad)):
-            ciphertext = stream.update(part)
+            ciphertext = streams.update(part)
             mac.update(ciphertext)
             pieces.append(ciphertext)
         pieces.append(mac.finalize())
@@ -269,31 +294,26 @@ class ChaChaOpener:
     first_block = 4
 
     def __init__(self, key: bytes) -> None:
-        self._main = key[:32]
-        self._header = key[32:64]
+        self._streams = _ChaChaStreams(key)
         self._length_of: tuple[int, int] | None = None
 
     def packet_size(self, seq: int, head: bytes | memoryview) -> int:
         if self._length_of is not None and self._length_of[0] == seq:
             length = self._length_of[1]
         else:
-            decryptor = Cipher(
-                algorithms.ChaCha20(self._header, _chacha_nonce(0, seq)), None
-            ).decryptor()
-            (length,) = _UINT32.unpack(decryptor.update(bytes(head[:4])))
+            (length,) = _UINT32.unpack(self._streams.length(seq, bytes(head[:4])))
             _check_length(length, 8)
             self._length_of = (seq, length)
         return 4 + length + 16
 
     def open(self, seq: int, packet: memoryview) -> tuple[bytes, int, int]:
         self._length_of = None
-        stream = Cipher(algorithms.ChaCha20(self._main, _chacha_nonce(0, seq)), None).decryptor()
-        poly_key = stream.update(_ZERO_BLOCK)[:32]
+        streams = self._streams
         try:
-            Poly1305.verify_tag(poly_key, packet[:-16], bytes(packet[-16:]))
+            Poly1305.verify_tag(streams.start(seq), packet[:-16], bytes(packet[-16:]))
         except InvalidSignature:
             raise MacError() from None
-        plaintext = stream.update(packet[4:-16])
+        plaintext = streams.update(packet[4:-16])
         start, end = _payload_bounds(plaintext, 0)
         return plaintext, start, end
 
