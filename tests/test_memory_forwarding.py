@@ -381,6 +381,40 @@ class RekeyTests(TestCase):
         self.assertIsNot(rig.server.currentEncryptions, first_keys)
         self.assertTrue(rig.server.strict_kex)
 
+    def test_packets_split_across_reads_anywhere(self) -> None:
+        """
+        However TCP cuts the byte stream, in the length field, the payload or the MAC, every
+        packet is read whole and in order, for every cipher.
+        """
+        ciphers = [
+            b"chacha20-poly1305@openssh.com",
+            b"aes128-gcm@openssh.com",
+            b"aes128-ctr",
+        ]
+        # Mostly small, odd-sized reads; now and then a large one that ends mid-packet.
+        cuts = [1, 2, 3, 5, 17, 4099, 1, 40000, 7, 65537]
+        payload = bytes(range(251)) * 700
+        for cipher in ciphers:
+            tmp = Path(self.mktemp())
+            tmp.mkdir()
+            rig = MemoryRig(tmp, [forward("8080:127.0.0.1:80")], ciphers=[cipher])
+            self.successResultOf(rig.connect())
+            app = rig.app_connects(8080)
+            destination = rig.destination_accepts()
+            assert rig.client is not None and rig.pump is not None
+            self.assertEqual(rig.client.currentEncryptions.inCipType, cipher)
+            app.receive(payload)
+            stream = rig.pump.serverIO.getOutBuffer()
+            offset = 0
+            for turn in range(len(stream)):
+                if offset >= len(stream):
+                    break
+                size = cuts[turn % len(cuts)]
+                rig.client.dataReceived(stream[offset : offset + size])
+                offset += size
+            rig.flush()
+            self.assertEqual(destination.drain(), payload, cipher)
+
     def test_service_request_after_login_is_refused(self) -> None:
         """A second service request cannot tear down the forwards: it is a protocol error."""
         tmp = Path(self.mktemp())

@@ -228,11 +228,13 @@ class TransportMixin:
                 data = self._read_version(data)
                 if not self.gotVersion or self._closing:
                     return
+            rest: bytes | memoryview = data
             if self._received:
-                self._received += data
-                data = bytes(self._received)
-                self._received = bytearray()
-            self._read_packets(data)
+                used = self._complete_pending(data)
+                if used is None:
+                    return
+                rest = memoryview(data)[used:]
+            self._read_packets(rest)
         except RemoteProtocolError as e:
             self._protocol_error(str(e))
         except Exception:
@@ -262,7 +264,37 @@ class TransportMixin:
             return b""
         return buffered[end + 1 :]
 
-    def _read_packets(self, data: bytes) -> None:
+    def _complete_pending(self, data: bytes) -> int | None:
+        """
+        Finish the packet an earlier read began, taking only the bytes it lacks from C{data}
+        (appending all of C{data} would copy every byte twice), and handle it.  Returns how
+        many bytes of C{data} it used, or C{None} if the packet is still incomplete.
+        """
+        pending = self._received
+        opener = self._opener
+        view = memoryview(data)
+        used = 0
+        try:
+            if len(pending) < opener.first_block:
+                used = min(opener.first_block - len(pending), len(data))
+                pending += view[:used]
+                if len(pending) < opener.first_block:
+                    return None
+            size = opener.packet_size(
+                self.incomingPacketSequence, bytes(pending[: opener.first_block])
+            )
+            more = min(size - len(pending), len(data) - used)
+            pending += view[used : used + more]
+            used += more
+        finally:
+            view.release()
+        if len(pending) < size:
+            return None
+        self._received = bytearray()
+        self._read_packets(pending)
+        return used
+
+    def _read_packets(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         offset, available = 0, len(data)
         try:
