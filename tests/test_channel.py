@@ -38,9 +38,11 @@ class FakeMux:
         self.events: list[Event] = []
         self.senders: list[Channel] = []
 
-    def send_data(self, recipient: int, data: bytes) -> None:
-        # The channel may pass a view into the chunk it read; keep a copy of the bytes.
-        self.events.append(("data", recipient, bytes(data)))
+    def send_data(self, recipient: int, data: bytes, max_packet: int) -> None:
+        # The multiplexer sends one packet per max_packet bytes; record each, as bytes (the
+        # channel may pass a view into the chunk it read).
+        for offset in range(0, len(data), max_packet):
+            self.events.append(("data", recipient, bytes(data[offset : offset + max_packet])))
 
     def sending(self, channel: Channel) -> None:
         self.senders.append(channel)

@@ -269,6 +269,19 @@ class ChannelMessageTests(MuxTestCase):
         self.assertEqual(stream.drain(), b"payload")
         self.assertEqual(transport.disconnects, [])
 
+    def test_data_sent_in_packets_of_at_most_max_packet(self) -> None:
+        """Data to send is cut into CHANNEL_DATA packets no larger than the peer's maximum."""
+        mux, transport = self.base_mux()
+        mux.send_data(9, memoryview(b"abcdefghij"), 4)
+        self.assertEqual(
+            transport.packets,
+            [
+                (wire.MSG_CHANNEL_DATA, wire.pack_channel_data(9, b"abcd")),
+                (wire.MSG_CHANNEL_DATA, wire.pack_channel_data(9, b"efgh")),
+                (wire.MSG_CHANNEL_DATA, wire.pack_channel_data(9, b"ij")),
+            ],
+        )
+
     def test_data_beyond_window_disconnects(self) -> None:
         """Data beyond the window we granted ends the connection with the numbers."""
         mux, transport = self.base_mux(window_size=100, max_packet=100)

@@ -108,13 +108,6 @@ class Channel:
             self._pending.append(data)
             self._pause_source()
             return
-        window = self._send_window
-        size = len(data)
-        if size <= window and size <= self._send_max_packet:
-            self._send_window = window - size
-            self.bytes_sent += size
-            self._mux.send_data(self.remote_id, data)
-            return
         self._send_chunks(data)
 
     def write_eof(self) -> None:
@@ -251,17 +244,17 @@ class Channel:
     # -- internals ---------------------------------------------------------------------------
 
     def _send_chunks(self, data: bytes) -> None:
-        view = memoryview(data)
-        offset, size = 0, len(data)
-        send = self._mux.send_data
-        while offset < size and self._send_window > 0:
-            n = min(size - offset, self._send_window, self._send_max_packet)
-            send(self.remote_id, view[offset : offset + n])
-            self._send_window -= n
-            self.bytes_sent += n
-            offset += n
-        if offset < size:
-            self._pending.append(bytes(view[offset:]))
+        """Send as much of C{data} as the window allows; keep the rest until it grows."""
+        size = len(data)
+        n = min(size, self._send_window)
+        if n == size:
+            self._mux.send_data(self.remote_id, data, self._send_max_packet)
+        elif n > 0:
+            self._mux.send_data(self.remote_id, memoryview(data)[:n], self._send_max_packet)
+        self._send_window -= n
+        self.bytes_sent += n
+        if n < size:
+            self._pending.append(data[n:])
             self._pause_source()
 
     def _flush_pending(self) -> None:

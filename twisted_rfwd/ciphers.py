@@ -21,7 +21,6 @@ from __future__ import annotations
 import hmac
 import os
 import struct
-from collections.abc import Sequence
 from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -87,8 +86,11 @@ class MacError(RemoteProtocolError):
 class Sealer(Protocol):
     """Turns payloads into wire packets for one direction."""
 
-    def seal(self, seq: int, parts: Sequence[bytes | memoryview]) -> list[bytes]:
-        """The wire bytes for a packet whose payload is the concatenation of C{parts}."""
+    def seal(self, seq: int, head: bytes, body: bytes | memoryview = b"") -> list[bytes]:
+        """
+        The wire bytes for a packet whose payload is C{head} (the message number and any
+        fields) followed by C{body} (bulk data, copied only where the cipher needs it whole).
+        """
         ...
 
 
@@ -153,13 +155,12 @@ def _payload_bounds(plaintext: bytes, start: int) -> tuple[int, int]:
 
 
 class PlainSealer:
-    def seal(self, seq: int, parts: Sequence[bytes | memoryview]) -> list[bytes]:
-        size = sum(len(p) for p in parts)
+    def seal(self, seq: int, head: bytes, body: bytes | memoryview = b"") -> list[bytes]:
+        size = len(head) + len(body)
         pad = _pad_length(4 + 1 + size, 8)
         return [
-            _UINT32.pack(1 + size + pad),
-            bytes((pad,)),
-            *(bytes(p) for p in parts),
+            _UINT32.pack(1 + size + pad) + bytes((pad,)) + head,
+            bytes(body),
             _padding.take(pad),
         ]
 
@@ -199,12 +200,12 @@ class GCMSealer:
         self._aead = AESGCM(key)
         self._nonce = _GCMNonce(iv)
 
-    def seal(self, seq: int, parts: Sequence[bytes | memoryview]) -> list[bytes]:
-        size = sum(len(p) for p in parts)
+    def seal(self, seq: int, head: bytes, body: bytes | memoryview = b"") -> list[bytes]:
+        size = len(head) + len(body)
         pad = _pad_length(1 + size, 16)
         length = _UINT32.pack(1 + size + pad)
-        body = b"".join((bytes((pad,)), *parts, _padding.take(pad)))
-        return [length, self._aead.encrypt(self._nonce.next(), body, length)]
+        plaintext = b"".join((bytes((pad,)) + head, body, _padding.take(pad)))
+        return [length, self._aead.encrypt(self._nonce.next(), plaintext, length)]
 
 
 class GCMOpener:
@@ -273,21 +274,25 @@ class ChaChaSealer:
     def __init__(self, key: bytes) -> None:
         self._streams = _ChaChaStreams(key)
 
-    def seal(self, seq: int, parts: Sequence[bytes | memoryview]) -> list[bytes]:
-        size = sum(len(p) for p in parts)
+    def seal(self, seq: int, head: bytes, body: bytes | memoryview = b"") -> list[bytes]:
+        size = len(head) + len(body)
         pad = _pad_length(1 + size, 8)
         streams = self._streams
-        length = streams.length(seq, _UINT32.pack(1 + size + pad))
         mac = Poly1305(streams.start(seq))
-        mac.update(length)
-        # Encrypt and authenticate part by part: no copy of the payload into one buffer.
-        pieces = [length]
-        for part in (bytes((pad,)), *parts, _padding.take(pad)):
-            ciphertext = streams.update(part)
-            mac.update(ciphertext)
-            pieces.append(ciphertext)
-        pieces.append(mac.finalize())
-        return pieces
+        # Encrypt and authenticate piece by piece, so the body is never copied; the small
+        # pieces around it are joined to it.
+        first = streams.length(seq, _UINT32.pack(1 + size + pad))
+        if not body:
+            first += streams.update(bytes((pad,)) + head + _padding.take(pad))
+            mac.update(first)
+            return [first, mac.finalize()]
+        first += streams.update(bytes((pad,)) + head)
+        mac.update(first)
+        middle = streams.update(body)
+        mac.update(middle)
+        last = streams.update(_padding.take(pad))
+        mac.update(last)
+        return [first, middle, last + mac.finalize()]
 
 
 class ChaChaOpener:
@@ -327,17 +332,17 @@ class CTRSealer:
         self._hash, size, self._etm = MACS[mac]
         self._mac_key = mac_key[:size]
 
-    def seal(self, seq: int, parts: Sequence[bytes | memoryview]) -> list[bytes]:
-        size = sum(len(p) for p in parts)
+    def seal(self, seq: int, head: bytes, body: bytes | memoryview = b"") -> list[bytes]:
+        size = len(head) + len(body)
         if self._etm:
             pad = _pad_length(1 + size, 16)
             length = _UINT32.pack(1 + size + pad)
-            ciphertext = self._encrypt(b"".join((bytes((pad,)), *parts, _padding.take(pad))))
+            ciphertext = self._encrypt(b"".join((bytes((pad,)) + head, body, _padding.take(pad))))
             mac = hmac.digest(self._mac_key, _SEQ.pack(seq) + length + ciphertext, self._hash)
             return [length, ciphertext, mac]
         pad = _pad_length(4 + 1 + size, 16)
         plaintext = b"".join(
-            (_UINT32.pack(1 + size + pad), bytes((pad,)), *parts, _padding.take(pad))
+            (_UINT32.pack(1 + size + pad) + bytes((pad,)) + head, body, _padding.take(pad))
         )
         mac = hmac.digest(self._mac_key, _SEQ.pack(seq) + plaintext, self._hash)
         return [self._encrypt(plaintext), mac]

@@ -52,7 +52,6 @@ __all__ = [
     "GlobalRequestFailed",
 ]
 
-_DATA_HEADER = struct.Struct(">BLL")
 _CHANNEL_AND_LENGTH = struct.Struct(">LL")
 
 DEFAULT_WINDOW = 2 * 1024 * 1024
@@ -194,13 +193,17 @@ class ChannelMux(SSHService):
             wire.MSG_GLOBAL_REQUEST, wire.GlobalRequest(name, False, data).pack()
         )
 
-    def send_data(self, recipient: int, data: bytes | memoryview) -> None:
-        header = _DATA_HEADER.pack(wire.MSG_CHANNEL_DATA, recipient, len(data))
+    def send_data(self, recipient: int, data: bytes | memoryview, max_packet: int) -> None:
+        """C{data} as C{CHANNEL_DATA}, cut into packets of at most C{max_packet} bytes."""
         fast = getattr(self.transport, "send_channel_data", None)
         if fast is not None:
-            fast(header, data)
-        else:
-            self.transport.sendPacket(wire.MSG_CHANNEL_DATA, header[1:] + data)
+            fast(recipient, data, max_packet)
+            return
+        for offset in range(0, len(data), max_packet):
+            chunk = data[offset : offset + max_packet]
+            self.transport.sendPacket(
+                wire.MSG_CHANNEL_DATA, _CHANNEL_AND_LENGTH.pack(recipient, len(chunk)) + chunk
+            )
 
     def channel_data(self, plaintext: bytes, start: int, end: int) -> None:
         """

@@ -10,7 +10,7 @@ that neither re-copies its buffer per packet nor concatenates what it sends.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
 from typing import Any
 
 from twisted.conch.ssh.transport import (
@@ -63,6 +63,10 @@ _STRICT_INITIAL_ALLOWED = frozenset({1, MSG_KEXINIT, MSG_NEWKEYS, *range(30, 50)
 _MAX_VERSION_BYTES = 8192
 
 
+# CHANNEL_DATA's message number, recipient channel and data length.
+_DATA_HEADER = struct.Struct(">BLL")
+
+
 def _name(algorithm: bytes) -> str:
     return algorithm.decode("ascii", "replace")
 
@@ -74,7 +78,7 @@ def _mac_name(cipher: bytes, mac: bytes) -> str:
 # Bytes read per recv() on our sockets (Twisted's default is 64 KiB): fewer, larger reads mean
 # fewer reactor turns and fewer SSH packets per byte.  It is also Twisted's write high-water
 # mark, which stays well below the channel windows.
-READ_SIZE = 256 * 1024
+READ_SIZE = 512 * 1024
 
 
 def set_tcp_nodelay(transport: object) -> None:
@@ -189,29 +193,50 @@ class TransportMixin:
         if exchanging and not self._allowedKeyExchangeMessageType(messageType):  # type: ignore[attr-defined]
             self._blockedByKeyExchange.append((messageType, payload))
             return
-        self._send((bytes((messageType,)), payload))
+        seq = self.outgoingPacketSequence
+        sealed = self._sealer.seal(seq, bytes((messageType,)) + payload)
+        self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
+        self._write(sealed)
         if messageType == MSG_NEWKEYS:
             # Everything after our NEWKEYS goes out under the new keys.
             self._sealer = self.nextEncryptions.sealer
             if self._strict:
                 self.outgoingPacketSequence = 0
 
-    def send_channel_data(self, header: bytes, data: bytes | memoryview) -> None:
+    def send_channel_data(self, recipient: int, data: bytes | memoryview, max_packet: int) -> None:
         """
-        C{CHANNEL_DATA} without concatenating C{data} into a payload first; C{header} is the
-        message number, recipient channel and data length.
+        C{data} as C{CHANNEL_DATA} packets of at most C{max_packet} bytes each, sealed in one go
+        and handed to the socket in one write, the data never copied into a payload first.
         """
+        size = len(data)
         if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
-            self.sendPacket(MSG_CHANNEL_DATA, header[1:] + data)
+            for offset in range(0, size, max_packet):
+                chunk = data[offset : offset + max_packet]
+                header = _DATA_HEADER.pack(MSG_CHANNEL_DATA, recipient, len(chunk))
+                self.sendPacket(MSG_CHANNEL_DATA, header[1:] + chunk)
             return
-        self._send((header, data))
-
-    def _send(self, parts: Sequence[bytes | memoryview]) -> None:
+        seal = self._sealer.seal
         seq = self.outgoingPacketSequence
-        sealed = self._sealer.seal(seq, parts)
+        if size <= max_packet:
+            sealed = seal(seq, _DATA_HEADER.pack(MSG_CHANNEL_DATA, recipient, size), data)
+            self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
+            self._write(sealed)
+            return
+        view = memoryview(data)
+        full = _DATA_HEADER.pack(MSG_CHANNEL_DATA, recipient, max_packet)
+        sealed = []
+        for offset in range(0, size, max_packet):
+            chunk = view[offset : offset + max_packet]
+            n = len(chunk)
+            header = full if n == max_packet else _DATA_HEADER.pack(MSG_CHANNEL_DATA, recipient, n)
+            sealed += seal(seq, header, chunk)
+            seq = (seq + 1) & 0xFFFFFFFF
+        self.outgoingPacketSequence = seq
+        self._write(sealed)
+
+    def _write(self, sealed: list[bytes]) -> None:
         self.transport.writeSequence(sealed)
-        self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
-        self._bytes_out += sum(len(p) for p in sealed)
+        self._bytes_out += sum(map(len, sealed))
         limit = self.rekey_bytes
         if limit is not None and self._bytes_out > limit:
             self._rekey("sent")
