@@ -62,6 +62,32 @@ class RoundTripTests(SynchronousTestCase):
                 self.assertEqual(read(opener, seq, wire), b"\x5e\x00" + payload, (cipher, mac))
                 seq += 1
 
+    def test_packets_sealed_back_to_back_into_one_buffer(self) -> None:
+        """
+        Packets sealed into one buffer take exactly the size the sealer predicts and read
+        back one after another, as the transport writes a batch of channel data.
+        """
+        for cipher, mac in SUITES:
+            sealer, opener = pair(cipher, mac)
+            sizes = [0, 1, 31, 32768, 100, 131072]
+            payloads = [os.urandom(size) for size in sizes]
+            expected = sum(sealer.sealed_size(9 + size) for size in sizes)
+            buffer = memoryview(bytearray(expected + 50))
+            written = 0
+            for seq, payload in enumerate(payloads):
+                n = sealer.seal_into(buffer[written:], seq, b"^" + bytes(8), memoryview(payload))
+                self.assertEqual(n, sealer.sealed_size(9 + len(payload)), (cipher, mac))
+                written += n
+            self.assertEqual(written, expected)
+            wire = bytes(buffer[:written])
+            offset = 0
+            for seq, payload in enumerate(payloads):
+                size = opener.packet_size(seq, wire[offset : offset + opener.first_block])
+                got = read(opener, seq, wire[offset : offset + size])
+                self.assertEqual(got, b"^" + bytes(8) + payload, (cipher, mac))
+                offset += size
+            self.assertEqual(offset, written)
+
     def test_encrypted_length_is_block_aligned(self) -> None:
         """Padding makes the packet a whole number of cipher blocks, with at least 4 bytes."""
         # (block, trailer bytes after the body, whether the length field counts) per suite.

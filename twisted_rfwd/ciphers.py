@@ -89,7 +89,20 @@ class Sealer(Protocol):
     def seal(self, seq: int, head: bytes, body: bytes | memoryview = b"") -> list[bytes]:
         """
         The wire bytes for a packet whose payload is C{head} (the message number and any
-        fields) followed by C{body} (bulk data, copied only where the cipher needs it whole).
+        fields) followed by C{body} (bulk data).
+        """
+        ...
+
+    def sealed_size(self, payload_size: int) -> int:
+        """How many wire bytes a packet with a payload of C{payload_size} bytes takes."""
+        ...
+
+    def seal_into(
+        self, out: memoryview, seq: int, head: bytes, body: bytes | memoryview = b""
+    ) -> int:
+        """
+        Like L{seal}, but written at the start of C{out}; returns the bytes written.  Many
+        packets sealed into one buffer reach the socket as one write, with no copy in between.
         """
         ...
 
@@ -151,10 +164,46 @@ def _payload_bounds(plaintext: bytes, start: int) -> tuple[int, int]:
     return start + 1, end
 
 
+class _CopyInto:
+    """L{Sealer.seal_into} for sealers whose cipher works on whole pieces: copy them out."""
+
+    def seal(self, seq: int, head: bytes, body: bytes | memoryview = b"") -> list[bytes]:
+        raise NotImplementedError
+
+    def seal_into(
+        self, out: memoryview, seq: int, head: bytes, body: bytes | memoryview = b""
+    ) -> int:
+        position = 0
+        for piece in self.seal(seq, head, body):
+            out[position : position + len(piece)] = piece
+            position += len(piece)
+        return position
+
+
+class _SealViaInto:
+    """L{Sealer.seal} for sealers that write in place: seal into a fresh buffer."""
+
+    def sealed_size(self, payload_size: int) -> int:
+        raise NotImplementedError
+
+    def seal_into(
+        self, out: memoryview, seq: int, head: bytes, body: bytes | memoryview = b""
+    ) -> int:
+        raise NotImplementedError
+
+    def seal(self, seq: int, head: bytes, body: bytes | memoryview = b"") -> list[bytes]:
+        out = bytearray(self.sealed_size(len(head) + len(body)))
+        self.seal_into(memoryview(out), seq, head, body)
+        return [bytes(out)]
+
+
 # -- none --------------------------------------------------------------------------------------
 
 
-class PlainSealer:
+class PlainSealer(_CopyInto):
+    def sealed_size(self, payload_size: int) -> int:
+        return 4 + 1 + payload_size + _pad_length(4 + 1 + payload_size, 8)
+
     def seal(self, seq: int, head: bytes, body: bytes | memoryview = b"") -> list[bytes]:
         size = len(head) + len(body)
         pad = _pad_length(4 + 1 + size, 8)
@@ -195,17 +244,34 @@ class _GCMNonce:
         return nonce
 
 
-class GCMSealer:
+class GCMSealer(_SealViaInto):
     def __init__(self, key: bytes, iv: bytes) -> None:
         self._aead = AESGCM(key)
         self._nonce = _GCMNonce(iv)
+        # AES-GCM takes its plaintext whole: it is assembled here, in a buffer kept for reuse.
+        self._plaintext = memoryview(bytearray())
 
-    def seal(self, seq: int, head: bytes, body: bytes | memoryview = b"") -> list[bytes]:
+    def sealed_size(self, payload_size: int) -> int:
+        return 4 + 1 + payload_size + _pad_length(1 + payload_size, 16) + 16
+
+    def seal_into(
+        self, out: memoryview, seq: int, head: bytes, body: bytes | memoryview = b""
+    ) -> int:
         size = len(head) + len(body)
         pad = _pad_length(1 + size, 16)
-        length = _UINT32.pack(1 + size + pad)
-        plaintext = b"".join((bytes((pad,)) + head, body, _padding.take(pad)))
-        return [length, self._aead.encrypt(self._nonce.next(), plaintext, length)]
+        n = 1 + size + pad
+        if len(self._plaintext) < n:
+            self._plaintext = memoryview(bytearray(n))
+        plaintext = self._plaintext[:n]
+        plaintext[0] = pad
+        at = 1 + len(head)
+        plaintext[1:at] = head
+        plaintext[at : at + len(body)] = body
+        plaintext[at + len(body) :] = _padding.take(pad)
+        length = _UINT32.pack(n)
+        out[:4] = length
+        self._aead.encrypt_into(self._nonce.next(), plaintext, length, out[4 : 4 + n + 16])
+        return 4 + n + 16
 
 
 class GCMOpener:
@@ -269,30 +335,36 @@ class _ChaChaStreams:
     def update(self, data: bytes | memoryview) -> bytes:
         return self._main.update(data)
 
+    def update_into(self, data: bytes | memoryview, out: memoryview) -> None:
+        self._main.update_into(data, out)
 
-class ChaChaSealer:
+
+class ChaChaSealer(_SealViaInto):
     def __init__(self, key: bytes) -> None:
         self._streams = _ChaChaStreams(key)
 
-    def seal(self, seq: int, head: bytes, body: bytes | memoryview = b"") -> list[bytes]:
+    def sealed_size(self, payload_size: int) -> int:
+        return 4 + 1 + payload_size + _pad_length(1 + payload_size, 8) + 16
+
+    def seal_into(
+        self, out: memoryview, seq: int, head: bytes, body: bytes | memoryview = b""
+    ) -> int:
         size = len(head) + len(body)
         pad = _pad_length(1 + size, 8)
         streams = self._streams
-        mac = Poly1305(streams.start(seq))
-        # Encrypt and authenticate piece by piece, so the body is never copied; the small
-        # pieces around it are joined to it.
-        first = streams.length(seq, _UINT32.pack(1 + size + pad))
-        if not body:
-            first += streams.update(bytes((pad,)) + head + _padding.take(pad))
-            mac.update(first)
-            return [first, mac.finalize()]
-        first += streams.update(bytes((pad,)) + head)
-        mac.update(first)
-        middle = streams.update(body)
-        mac.update(middle)
-        last = streams.update(_padding.take(pad))
-        mac.update(last)
-        return [first, middle, last + mac.finalize()]
+        poly_key = streams.start(seq)
+        # Each piece is encrypted straight into place: the body is read once, never copied.
+        out[:4] = streams.length(seq, _UINT32.pack(1 + size + pad))
+        first = bytes((pad,)) + head
+        end = 4 + len(first)
+        streams.update_into(first, out[4:end])
+        if body:
+            streams.update_into(body, out[end : end + len(body)])
+            end += len(body)
+        streams.update_into(_padding.take(pad), out[end : end + pad])
+        end += pad
+        out[end : end + 16] = Poly1305.generate_tag(poly_key, out[:end])
+        return end + 16
 
 
 class ChaChaOpener:
@@ -326,11 +398,15 @@ class ChaChaOpener:
 # -- AES-CTR with HMAC ---------------------------------------------------------------------------
 
 
-class CTRSealer:
+class CTRSealer(_CopyInto):
     def __init__(self, key: bytes, iv: bytes, mac: bytes, mac_key: bytes) -> None:
         self._encrypt = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update
-        self._hash, size, self._etm = MACS[mac]
-        self._mac_key = mac_key[:size]
+        self._hash, self._mac_size, self._etm = MACS[mac]
+        self._mac_key = mac_key[: self._mac_size]
+
+    def sealed_size(self, payload_size: int) -> int:
+        counted = 1 if self._etm else 4 + 1
+        return 4 + 1 + payload_size + _pad_length(counted + payload_size, 16) + self._mac_size
 
     def seal(self, seq: int, head: bytes, body: bytes | memoryview = b"") -> list[bytes]:
         size = len(head) + len(body)

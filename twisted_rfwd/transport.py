@@ -171,6 +171,8 @@ class TransportMixin:
         self._sealer: Sealer = PlainSealer()
         self._opener: Opener = PlainOpener()
         self._received = bytearray()
+        # Where CHANNEL_DATA packets are sealed before they are written; kept and reused.
+        self._output = memoryview(bytearray())
         self._strict = False
         self._initial_kex = True
         self._awaiting_keys = False
@@ -205,8 +207,8 @@ class TransportMixin:
 
     def send_channel_data(self, recipient: int, data: bytes | memoryview, max_packet: int) -> None:
         """
-        C{data} as C{CHANNEL_DATA} packets of at most C{max_packet} bytes each, sealed in one go
-        and handed to the socket in one write, the data never copied into a payload first.
+        C{data} as C{CHANNEL_DATA} packets of at most C{max_packet} bytes each, sealed into one
+        buffer and handed to the socket in one write, the data never copied into a payload.
         """
         size = len(data)
         if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
@@ -215,24 +217,31 @@ class TransportMixin:
                 header = _DATA_HEADER.pack(MSG_CHANNEL_DATA, recipient, len(chunk))
                 self.sendPacket(MSG_CHANNEL_DATA, header[1:] + chunk)
             return
-        seal = self._sealer.seal
-        seq = self.outgoingPacketSequence
-        if size <= max_packet:
-            sealed = seal(seq, _DATA_HEADER.pack(MSG_CHANNEL_DATA, recipient, size), data)
-            self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
-            self._write(sealed)
+        if not size:
             return
-        view = memoryview(data)
+        sealer = self._sealer
+        packets, last = divmod(size, max_packet)
+        if last:
+            total = packets * sealer.sealed_size(9 + max_packet) + sealer.sealed_size(9 + last)
+        else:
+            total = packets * sealer.sealed_size(9 + max_packet)
+        if len(self._output) < total:
+            self._output = memoryview(bytearray(total))
+        out = self._output
+        seal_into = sealer.seal_into
+        seq = self.outgoingPacketSequence
         full = _DATA_HEADER.pack(MSG_CHANNEL_DATA, recipient, max_packet)
-        sealed = []
+        view = memoryview(data)
+        written = 0
         for offset in range(0, size, max_packet):
             chunk = view[offset : offset + max_packet]
             n = len(chunk)
             header = full if n == max_packet else _DATA_HEADER.pack(MSG_CHANNEL_DATA, recipient, n)
-            sealed += seal(seq, header, chunk)
+            written += seal_into(out[written:], seq, header, chunk)
             seq = (seq + 1) & 0xFFFFFFFF
         self.outgoingPacketSequence = seq
-        self._write(sealed)
+        # One copy, because Twisted takes only bytes; every packet goes in one write.
+        self._write([bytes(out[:written])])
 
     def _write(self, sealed: list[bytes]) -> None:
         self.transport.writeSequence(sealed)
