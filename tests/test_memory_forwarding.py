@@ -5,9 +5,10 @@ iosim, fake sockets at both forwarded ends, no real time.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support.keys import new_key, public_line
 from tests.support.memory import MemoryRig
@@ -414,6 +415,41 @@ class RekeyTests(TestCase):
                 offset += size
             rig.flush()
             self.assertEqual(destination.drain(), payload, cipher)
+
+    def test_acknowledges_promptly_only_while_exchanging_keys(self) -> None:
+        """
+        During a re-key the SSH socket is put in quick-ack mode on every read, so a peer with
+        Nagle on is not held back by delayed ACKs; outside one, ACKs are left to the kernel.
+        """
+        if not hasattr(socket, "TCP_QUICKACK"):
+            raise SkipTest("TCP_QUICKACK is Linux only")
+        tmp = Path(self.mktemp())
+        tmp.mkdir()
+        rig = MemoryRig(tmp, [forward("8080:127.0.0.1:80")])
+        self.successResultOf(rig.connect())
+        app = rig.app_connects(8080)
+        destination = rig.destination_accepts()
+        assert rig.client is not None
+        options: list[tuple[int, int, int]] = []
+
+        class Handle:
+            def setsockopt(self, level: int, option: int, value: int) -> None:
+                options.append((level, option, value))
+
+        rig.client.transport.getHandle = Handle
+        app.receive(b"before")
+        rig.flush()
+        self.assertEqual(options, [])
+        rig.client.sendKexInit()
+        app.receive(b"during")
+        rig.flush()
+        self.assertGreaterEqual(len(options), 2)
+        self.assertEqual(set(options), {(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)})
+        del options[:]
+        app.receive(b"after")
+        rig.flush()
+        self.assertEqual(options, [])
+        self.assertEqual(destination.drain(), b"beforeduringafter")
 
     def test_service_request_after_login_is_refused(self) -> None:
         """A second service request cannot tear down the forwards: it is a protocol error."""

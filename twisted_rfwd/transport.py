@@ -10,6 +10,8 @@ that neither re-copies its buffer per packet nor concatenates what it sends.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import struct
 from typing import Any
 
@@ -62,6 +64,9 @@ STRICT_KEX_SERVER = b"kex-strict-s-v00@openssh.com"
 _STRICT_INITIAL_ALLOWED = frozenset({1, MSG_KEXINIT, MSG_NEWKEYS, *range(30, 50)})
 _MAX_VERSION_BYTES = 8192
 
+
+# Linux only: acknowledge received segments at once rather than after a delay.
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 # CHANNEL_DATA's message number, recipient channel and data length.
 _DATA_HEADER = struct.Struct(">BLL")
@@ -257,6 +262,8 @@ class TransportMixin:
     # -- receiving ---------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
+            self._ack_promptly()
         try:
             if not self.gotVersion:
                 data = self._read_version(data)
@@ -412,9 +419,24 @@ class TransportMixin:
 
     def sendKexInit(self) -> None:
         super().sendKexInit()  # type: ignore[misc]
+        self._ack_promptly()
         started = getattr(self.service, "key_exchange_started", None)
         if started is not None:
             started()
+
+    def _ack_promptly(self) -> None:
+        """
+        Acknowledge what arrives at once while keys are re-exchanged.  A peer that leaves Nagle's
+        algorithm on (OpenSSH's C{ssh -N}, and C{sshd} without a terminal) holds back its small
+        key exchange messages until its data in flight is acknowledged, and Linux delays that
+        acknowledgement by up to 40 ms: each re-key stalled the tunnel that long.  The kernel
+        leaves quick-ack mode by itself, so this is repeated on each read until the exchange ends.
+        """
+        get_handle = getattr(self.transport, "getHandle", None)
+        if _TCP_QUICKACK is None or get_handle is None:
+            return
+        with contextlib.suppress(OSError, AttributeError):  # not a TCP socket
+            get_handle().setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
     def ssh_NEWKEYS(self, packet: bytes) -> None:
         if not self.nextEncryptions.encBlockSize:
