@@ -12,6 +12,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support.keys import new_key, public_line
 from tests.support.memory import MemoryRig
+from tests.support.streams import FakeStream
 from twisted_rfwd import wire
 from twisted_rfwd.client.tunnel import ForwardStatus, Tunnel
 from twisted_rfwd.errors import (
@@ -356,14 +357,17 @@ class LoginTests(TestCase):
 
 
 class RekeyTests(TestCase):
-    def test_rekey_in_the_middle_of_a_transfer(self) -> None:
-        """Either side may re-exchange keys while data flows; every byte still arrives."""
+    def forwarding(self, **server_options: object) -> tuple[MemoryRig, FakeStream, FakeStream]:
+        """A connected rig with one forward, one application connection and its destination."""
         tmp = Path(self.mktemp())
         tmp.mkdir()
-        rig = MemoryRig(tmp, [forward("8080:127.0.0.1:80")])
+        rig = MemoryRig(tmp, [forward("8080:127.0.0.1:80")], **server_options)
         self.successResultOf(rig.connect())
-        app = rig.app_connects(8080)
-        destination = rig.destination_accepts()
+        return rig, rig.app_connects(8080), rig.destination_accepts()
+
+    def test_rekey_in_the_middle_of_a_transfer(self) -> None:
+        """Either side may re-exchange keys while data flows; every byte still arrives."""
+        rig, app, destination = self.forwarding()
         assert rig.server is not None and rig.client is not None
         first_keys = rig.server.currentEncryptions
         chunk = bytes(range(256)) * 64
@@ -396,12 +400,7 @@ class RekeyTests(TestCase):
         cuts = [1, 2, 3, 5, 17, 4099, 1, 40000, 7, 65537]
         payload = bytes(range(251)) * 700
         for cipher in ciphers:
-            tmp = Path(self.mktemp())
-            tmp.mkdir()
-            rig = MemoryRig(tmp, [forward("8080:127.0.0.1:80")], ciphers=[cipher])
-            self.successResultOf(rig.connect())
-            app = rig.app_connects(8080)
-            destination = rig.destination_accepts()
+            rig, app, destination = self.forwarding(ciphers=[cipher])
             assert rig.client is not None and rig.pump is not None
             self.assertEqual(rig.client.currentEncryptions.inCipType, cipher)
             app.receive(payload)
@@ -423,12 +422,7 @@ class RekeyTests(TestCase):
         """
         if not hasattr(socket, "TCP_QUICKACK"):
             raise SkipTest("TCP_QUICKACK is Linux only")
-        tmp = Path(self.mktemp())
-        tmp.mkdir()
-        rig = MemoryRig(tmp, [forward("8080:127.0.0.1:80")])
-        self.successResultOf(rig.connect())
-        app = rig.app_connects(8080)
-        destination = rig.destination_accepts()
+        rig, app, destination = self.forwarding()
         assert rig.client is not None
         options: list[tuple[int, int, int]] = []
 
