@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support.keys import new_key, public_line
@@ -414,6 +415,40 @@ class RekeyTests(TestCase):
                 offset += size
             rig.flush()
             self.assertEqual(destination.drain(), payload, cipher)
+
+    def test_reads_held_while_new_keys_wait_for_the_host_key_check(self) -> None:
+        """
+        When the peer's NEWKEYS and data after it arrive before our host-key check is done (as
+        from OpenSSH, which sends on after its NEWKEYS), what follows waits untouched, across
+        reads cut anywhere, and is read with the new keys once they are in place.
+        """
+        rig, _, destination = self.forwarding()
+        server, client = rig.server, rig.client
+        assert server is not None and client is not None and rig.pump is not None
+        check: Deferred[bool] = Deferred()
+        client.verifyHostKey = lambda host_key, fingerprint: check  # type: ignore[method-assign,assignment]
+        client.sendKexInit()
+        rig.flush()
+        self.assertTrue(client._awaiting_keys)
+        # Channel data sealed with the server's new keys, as OpenSSH would send it now.
+        (channel,) = server.service.channels.values()
+        payloads = [b"first " * 3000, b"second " * 3000, b"third"]
+        for payload in payloads:
+            seq = server.outgoingPacketSequence
+            body = bytes((wire.MSG_CHANNEL_DATA,)) + wire.pack_channel_data(
+                channel.remote_id, payload
+            )
+            server.transport.writeSequence(server._sealer.seal(seq, body))
+            server.outgoingPacketSequence = seq + 1
+        held = rig.pump.serverIO.getOutBuffer()
+        for cut in (1000, 1, 20000, len(held)):
+            client.dataReceived(held[:cut])
+            held = held[cut:]
+        self.assertEqual(destination.drain(), b"")
+        check.callback(True)
+        rig.flush()
+        self.assertEqual(destination.drain(), b"".join(payloads))
+        self.assertFalse(client.transport.disconnecting)
 
     def test_acknowledges_promptly_only_while_exchanging_keys(self) -> None:
         """

@@ -269,6 +269,10 @@ class TransportMixin:
                 data = self._read_version(data)
                 if not self.gotVersion or self._closing:
                     return
+            if self._awaiting_keys:
+                # What follows the peer's NEWKEYS needs our new keys: keep it as it came.
+                self._received += data
+                return
             rest: bytes | memoryview = data
             if self._received:
                 used = self._complete_pending(data)
