@@ -18,7 +18,7 @@ from typing import Any
 from twisted.conch.ssh.transport import (
     DISCONNECT_PROTOCOL_ERROR,
     DISCONNECT_PROTOCOL_VERSION_NOT_SUPPORTED,
-    MSG_KEXINIT,
+    MSG_DISCONNECT,
     MSG_NEWKEYS,
 )
 from twisted.internet.abstract import FileDescriptor
@@ -39,9 +39,19 @@ from twisted_rfwd.ciphers import (
     make_opener,
     make_sealer,
 )
-from twisted_rfwd.errors import RemoteProtocolError
+from twisted_rfwd.errors import MalformedPacket, RemoteProtocolError
 from twisted_rfwd.limits import DEFAULT_REKEY_BYTES, DEFAULT_REKEY_SECONDS
-from twisted_rfwd.wire import MSG_CHANNEL_DATA, Reader
+from twisted_rfwd.phases import (
+    MSG_KEX_ECDH_REPLY,
+    MSG_USERAUTH_REQUEST,
+    KexStage,
+    Phase,
+    Side,
+    accepted_messages,
+    refusal,
+)
+from twisted_rfwd.transport_messages import check_shape, loggable
+from twisted_rfwd.wire import MSG_CHANNEL_DATA, Reader, pack_string
 
 __all__ = [
     "CIPHERS",
@@ -59,10 +69,12 @@ VERSION_STRING = f"SSH-2.0-rfwd_{__version__}".encode("ascii")
 # Strict key exchange (OpenSSH PROTOCOL, "kex-strict-*-v00@openssh.com").
 STRICT_KEX_CLIENT = b"kex-strict-c-v00@openssh.com"
 STRICT_KEX_SERVER = b"kex-strict-s-v00@openssh.com"
-# What may arrive during the first key exchange under strict KEX: KEXINIT, NEWKEYS, the
-# method's own messages, and DISCONNECT.
-_STRICT_INITIAL_ALLOWED = frozenset({1, MSG_KEXINIT, MSG_NEWKEYS, *range(30, 50)})
+# Lines a server may send before its identification line, in bytes (OpenSSH allows 1024 lines).
 _MAX_VERSION_BYTES = 8192
+# RFC 4253 section 4.2: the identification line, CR LF included.
+_MAX_VERSION_LINE = 255
+# What may wait for the end of a key exchange we started, while the peer does not answer it.
+_MAX_BLOCKED_BYTES = 8 * 1024 * 1024
 
 
 # Linux only: acknowledge received segments at once rather than after a delay.
@@ -186,6 +198,11 @@ class TransportMixin:
         self._bytes_out = 0
         self._bytes_in = 0
         self._rekey_timer: IDelayedCall | None = None
+        self._side = Side.CLIENT if self.isClient else Side.SERVER
+        self._peer_kex = KexStage.IDLE
+        self._accepting = accepted_messages(self._side, Phase.FIRST_KEX, KexStage.IDLE, False)
+        self._blocked_bytes = 0
+        self._unimplemented_seen = 0
         # Announce strict KEX after the real methods (which a factory may have narrowed).
         marker = STRICT_KEX_CLIENT if self.isClient else STRICT_KEX_SERVER
         methods = [k for k in self.supportedKeyExchanges if not k.startswith(b"kex-strict-")]
@@ -199,6 +216,9 @@ class TransportMixin:
         exchanging = self._keyExchangeState != self._KEY_EXCHANGE_NONE
         if exchanging and not self._allowedKeyExchangeMessageType(messageType):  # type: ignore[attr-defined]
             self._blockedByKeyExchange.append((messageType, payload))
+            self._blocked_bytes += len(payload)
+            if self._blocked_bytes > _MAX_BLOCKED_BYTES:
+                self.protocol_error("the key exchange we started was not answered")
             return
         seq = self.outgoingPacketSequence
         sealed = self._sealer.seal(seq, bytes((messageType,)) + payload)
@@ -209,6 +229,9 @@ class TransportMixin:
             self._sealer = self.nextEncryptions.sealer
             if self._strict:
                 self.outgoingPacketSequence = 0
+            if not self.isClient and self._peer_kex is KexStage.STARTED:
+                # The server's NEWKEYS follows its reply: the client's NEWKEYS may come now.
+                self._set_peer_kex(KexStage.KEYED)
 
     def send_channel_data(self, recipient: int, data: bytes | memoryview, max_packet: int) -> None:
         """
@@ -256,8 +279,19 @@ class TransportMixin:
             self._rekey("sent")
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        """Conch's, without its log line (which would repeat a reason built from peer bytes)."""
+        if self._closing:
+            return
         self._closing = True
-        super().sendDisconnect(reason, desc)  # type: ignore[misc]
+        self.sendPacket(MSG_DISCONNECT, struct.pack(">L", reason) + pack_string(desc) + b"\0\0\0\0")
+        self._log.debug(
+            "Disconnecting {peer} (code {code}): {reason}",
+            peer=self._peer(),
+            code=reason,
+            reason=loggable(desc, 200),
+        )
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -281,22 +315,31 @@ class TransportMixin:
                 rest = memoryview(data)[used:]
             self._read_packets(rest)
         except RemoteProtocolError as e:
-            self._protocol_error(str(e))
+            self.protocol_error(str(e))
         except Exception:
             # Conch's kex parsers raise struct.error, IndexError, ValueError... on garbage.  Say
             # so once, with the traceback for whoever debugs it, and drop only this connection.
             self._log.failure("Could not handle a message from {peer}", peer=self._peer())
-            self._protocol_error("could not handle a message")
+            self.protocol_error("could not handle a message")
 
     def _read_version(self, data: bytes) -> bytes:
         """Collect the peer's identification line; return what follows it."""
         self.buf = self.buf + data
         buffered = self.buf
+        if not self.isClient and buffered[:4] != b"SSH-"[: len(buffered)]:
+            # RFC 4253 section 4.2: only a server may send lines before its identification.
+            self.protocol_error("the client sent something before its identification line")
+            return b""
         start = buffered.find(b"SSH-")
         end = buffered.find(b"\n", start) if start >= 0 else -1
         if end < 0:
-            if len(buffered) > _MAX_VERSION_BYTES:
-                self._protocol_error("no SSH identification line")
+            if len(buffered) > _MAX_VERSION_BYTES or (
+                start >= 0 and len(buffered) - start > _MAX_VERSION_LINE
+            ):
+                self.protocol_error("no SSH identification line")
+            return b""
+        if end + 1 - start > _MAX_VERSION_LINE:
+            self.protocol_error("identification line longer than 255 bytes")
             return b""
         self.otherVersionString = buffered[start:end].rstrip(b"\r")
         self.gotVersion = True
@@ -367,16 +410,83 @@ class TransportMixin:
 
     def _dispatch(self, plaintext: bytes, start: int, end: int) -> None:
         message = plaintext[start]
-        if self._initial_kex and self._strict and message not in _STRICT_INITIAL_ALLOWED:
+        if message not in self._accepting:
             raise RemoteProtocolError(
-                f"unexpected message type {message} during the initial key exchange"
+                refusal(self._side, self._phase(), self._peer_kex, message, end - start)
             )
         if message == MSG_CHANNEL_DATA:
             fast = getattr(self.service, "channel_data", None)
             if fast is not None:
                 fast(plaintext, start + 1, end)
                 return
-        self.dispatchMessage(message, plaintext[start + 1 : end])  # type: ignore[attr-defined]
+        payload = plaintext[start + 1 : end]
+        if message == MSG_USERAUTH_REQUEST and self._phase() is Phase.CONNECTION:
+            return  # RFC 4252 section 5.1: silently ignored once logged in, as sshd does.
+        if message < 80:
+            check_shape(self._side, message, payload)
+            if message == MSG_KEX_ECDH_REPLY:
+                # The client has the server's reply: the server's NEWKEYS may come now.
+                self._set_peer_kex(KexStage.KEYED)
+        self.dispatchMessage(message, payload)  # type: ignore[attr-defined]
+
+    # -- phases (see twisted_rfwd.phases) ---------------------------------------------------
+
+    def _phase(self) -> Phase:
+        if self._initial_kex:
+            return Phase.FIRST_KEX
+        service = self.service
+        if service is None:
+            return Phase.NO_SERVICE
+        if service.name == b"ssh-userauth":
+            return Phase.USERAUTH
+        return Phase.CONNECTION
+
+    def _update_accepting(self) -> None:
+        self._accepting = accepted_messages(
+            self._side, self._phase(), self._peer_kex, self._strict and self._initial_kex
+        )
+
+    def _set_peer_kex(self, stage: KexStage) -> None:
+        self._peer_kex = stage
+        self._update_accepting()
+
+    def setService(self, service: Any) -> None:
+        super().setService(service)  # type: ignore[misc]
+        self._update_accepting()
+
+    # -- what Conch would log with the peer's bytes in it -------------------------------------
+
+    def ssh_DISCONNECT(self, packet: bytes) -> None:
+        reader = Reader(packet, "SSH_MSG_DISCONNECT")
+        code = reader.uint32()
+        description = reader.string()
+        self._closing = True
+        self.receiveError(code, description)  # type: ignore[attr-defined]
+        self.transport.loseConnection()
+
+    def receiveUnimplemented(self, seqnum: int) -> None:
+        # Said once: a peer repeating it must not fill the log.
+        self._unimplemented_seen += 1
+        if self._unimplemented_seen == 1:
+            self._log.info(
+                "{peer} did not understand our packet {seqnum}", peer=self._peer(), seqnum=seqnum
+            )
+
+    def receiveDebug(self, alwaysDisplay: bool, message: bytes, lang: bytes) -> None:
+        """The peer's debug messages are not logged: they are the peer's text, unbounded."""
+
+    def ssh_KEX_DH_GEX_REQUEST_OLD(self, packet: bytes) -> None:
+        try:
+            super().ssh_KEX_DH_GEX_REQUEST_OLD(packet)  # type: ignore[misc]
+        except ValueError:
+            # cryptography refuses a public value that is not a point of the curve.
+            raise MalformedPacket("SSH_MSG_KEX_ECDH_INIT", "invalid public key") from None
+
+    def ssh_KEX_DH_GEX_GROUP(self, packet: bytes) -> Any:
+        try:
+            return super().ssh_KEX_DH_GEX_GROUP(packet)  # type: ignore[misc]
+        except ValueError:
+            raise MalformedPacket("SSH_MSG_KEX_ECDH_REPLY", "invalid public key") from None
 
     def _resume_reading(self) -> None:
         """Keys arrived for a NEWKEYS we had to hold: read what waited behind it."""
@@ -390,12 +500,14 @@ class TransportMixin:
 
     def ssh_KEXINIT(self, packet: bytes) -> Any:
         first = self._initial_kex and self.incomingPacketSequence <= 1
+        self._set_peer_kex(KexStage.STARTED)
         if self._initial_kex:
             peer_kex = Reader(packet[16:], "SSH_MSG_KEXINIT").string().split(b",")
             wanted = STRICT_KEX_SERVER if self.isClient else STRICT_KEX_CLIENT
             self._strict = wanted in peer_kex
             if self._strict and not first:
                 raise RemoteProtocolError("strict KEX: KEXINIT was not the first message")
+            self._update_accepting()
         result = super().ssh_KEXINIT(packet)  # type: ignore[misc]
         negotiated: Any = getattr(self, "nextEncryptions", None)
         fresh = negotiated is not None and not isinstance(negotiated, CipherSuite)
@@ -443,6 +555,7 @@ class TransportMixin:
             get_handle().setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
     def ssh_NEWKEYS(self, packet: bytes) -> None:
+        self._set_peer_kex(KexStage.IDLE)
         if not self.nextEncryptions.encBlockSize:
             # Our own NEWKEYS is not out yet (Conch's client waits on the host-key check):
             # everything behind the peer's NEWKEYS needs the new keys, so stop reading.
@@ -454,6 +567,8 @@ class TransportMixin:
         if self._strict:
             self.incomingPacketSequence = 0
         self._initial_kex = False
+        self._blocked_bytes = 0
+        self._update_accepting()
         self._bytes_out = self._bytes_in = 0
         self._schedule_rekey()
         super()._newKeys()  # type: ignore[misc]
@@ -489,7 +604,8 @@ class TransportMixin:
 
     # -- errors ------------------------------------------------------------------------------
 
-    def _protocol_error(self, message: str) -> None:
+    def protocol_error(self, message: str) -> None:
+        """The peer broke the protocol: one log line, and a disconnect that says why."""
         if self._closing:
             return
         self._log.error(

@@ -16,11 +16,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from twisted.conch.avatar import ConchUser
-from twisted.conch.error import IgnoreAuthentication, ValidPublicKey
+from twisted.conch.error import ConchError, IgnoreAuthentication, ValidPublicKey
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
 from twisted.conch.ssh.userauth import (
+    MSG_USERAUTH_FAILURE,
     MSG_USERAUTH_PK_OK,
     MSG_USERAUTH_REQUEST,
     SSHUserAuthServer,
@@ -37,6 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_rfwd._address import describe_address
+from twisted_rfwd.errors import RemoteProtocolError
 from twisted_rfwd.fingerprint import fingerprint
 from twisted_rfwd.server.authorized_keys import (
     AuthorizedKey,
@@ -44,7 +47,8 @@ from twisted_rfwd.server.authorized_keys import (
     matches_from,
     parse_authorized_keys,
 )
-from twisted_rfwd.transport import PUBLIC_KEY_ALGORITHMS
+from twisted_rfwd.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
+from twisted_rfwd.transport_messages import loggable
 from twisted_rfwd.wire import Reader
 
 __all__ = [
@@ -60,6 +64,8 @@ _log = Logger()
 
 # sshd's RequiredRSASize.
 MINIMUM_RSA_BITS = 1024
+# Longer user names, or unprintable ones, are refused: they end up in file paths and log lines.
+MAXIMUM_USER_NAME = 64
 
 
 def _home_directory(user: str) -> str | None:
@@ -171,12 +177,15 @@ class AuthorizedKeysChecker:
         return defer.execute(self._check, credentials)
 
     def _check(self, credentials: Any) -> LoginIdentity:
-        user = credentials.username.decode("utf-8", "replace")
+        raw_user: bytes = credentials.username
+        if len(raw_user) > MAXIMUM_USER_NAME or loggable(raw_user) != raw_user.decode(
+            "utf-8", "replace"
+        ):
+            raise UnauthorizedLogin("not a valid user name")
+        user = raw_user.decode("utf-8", "replace")
         algorithm: bytes = credentials.algName
         if algorithm not in PUBLIC_KEY_ALGORITHMS:
-            raise UnauthorizedLogin(
-                f"signature algorithm {algorithm.decode('ascii', 'replace')} is not accepted"
-            )
+            raise UnauthorizedLogin(f"signature algorithm {loggable(algorithm)} is not accepted")
         peer_host = getattr(credentials, "peer_host", None)
         entry = self._find(user, credentials.blob, peer_host)
         if entry.key.type() == "RSA" and entry.key.size() < MINIMUM_RSA_BITS:
@@ -235,12 +244,60 @@ class ForwardingRealm:
 
 
 class ServerUserAuth(SSHUserAuthServer):
-    """Conch's userauth server with sshd's limits, the peer address, and logged refusals."""
+    """
+    Conch's userauth server with sshd's limits, the peer address, and logged refusals.
+
+    Failures are counted as sshd counts them (C{userauth_finish} in OpenSSH's C{auth2.c}):
+    every failed request counts except a first C{none}; a key the server would accept
+    (C{PK_OK}) is not a failure; the connection is dropped at the C{MaxAuthTries}th failure,
+    with sshd's "Too many authentication failures".  One C{ssh-userauth} service per connection
+    (the transport's phase table), so the count cannot be reset.
+    """
 
     def __init__(self, clock: IReactorTime, login_grace_time: float, max_auth_tries: int) -> None:
         self.clock = clock
         self.loginTimeout = login_grace_time  # type: ignore[assignment]
-        self.attemptsBeforeDisconnect = max_auth_tries
+        self.max_auth_tries = max_auth_tries
+        # Conch's own counter never fires: ours (below) ends the connection first.
+        self.attemptsBeforeDisconnect = max_auth_tries + 1
+        self.attempts = 0
+        self.failures = 0
+
+    def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Any:
+        self.attempts += 1
+        return super().ssh_USERAUTH_REQUEST(packet)
+
+    def _ebBadAuth(self, reason: Failure) -> None:
+        """sshd's C{userauth_finish} for a failure: count it, and end at MaxAuthTries."""
+        if reason.check(IgnoreAuthentication):
+            return
+        assert self.transport is not None
+        if reason.check(RemoteProtocolError):
+            assert isinstance(self.transport, TransportMixin)
+            self.transport.protocol_error(reason.getErrorMessage())
+            return
+        if not reason.check(UnauthorizedLogin, ConchError):
+            _log.failure("Error checking a login for {user}", failure=reason, user=self._user())
+        if self.attempts > 1 or self.method != b"none":
+            self.failures += 1
+        if self.failures >= self.max_auth_tries:
+            _log.info(
+                "Maximum authentication attempts ({count}) exceeded for {user} from {peer}; "
+                "disconnecting",
+                count=self.max_auth_tries,
+                user=self._user(),
+                peer=describe_address(self._peer()),
+            )
+            self.transport.sendDisconnect(
+                DISCONNECT_PROTOCOL_ERROR, b"Too many authentication failures"
+            )
+            return
+        self.transport.sendPacket(
+            MSG_USERAUTH_FAILURE, NS(b",".join(self.supportedAuthentications)) + b"\x00"
+        )
+
+    def _user(self) -> str:
+        return loggable(self.user or b"")
 
     def auth_publickey(self, packet: bytes) -> Deferred[Any]:
         request = Reader(packet, "publickey userauth request")
@@ -296,9 +353,9 @@ class ServerUserAuth(SSHUserAuthServer):
                 key_fingerprint = "(unparsable key)"
             _log.info(
                 "Refused publickey for {user} from {peer}: {key_type} {fingerprint}: {reason}",
-                user=(self.user or b"").decode("utf-8", "replace"),
+                user=self._user(),
                 peer=describe_address(self._peer()),
-                key_type=algorithm.decode("ascii", "replace"),
+                key_type=loggable(algorithm),
                 fingerprint=key_fingerprint,
                 reason=failure.getErrorMessage(),
             )

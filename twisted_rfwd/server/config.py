@@ -29,6 +29,15 @@ class ServerConfig:
     permit_listen: ListenPolicy = field(default_factory=ListenPolicy)
     login_grace_time: float = 120.0
     max_auth_tries: int = 6
+    # sshd's MaxStartups start:rate:full: unauthenticated connections beyond start are dropped
+    # with probability rate% rising linearly to 100% at full.
+    max_startups: tuple[int, int, int] = (10, 30, 100)
+    # sshd's PerSourceMaxStartups: unauthenticated connections per source address (None: any).
+    per_source_max_startups: int | None = None
+    # What sshd gets from one process per connection, and one reactor must do itself.
+    max_forwards_per_connection: int = 100
+    max_forwards_per_user: int = 200
+    max_channels_per_connection: int = 1000
     client_alive_interval: float = 15.0
     client_alive_count_max: int = 3
     rekey_bytes: int | None = DEFAULT_REKEY_BYTES
