@@ -19,7 +19,13 @@ from zope.interface import implementer
 
 from twisted_rfwd.client.config import HostKeyPolicy
 from twisted_rfwd.client.known_hosts import KnownHosts, host_key_algorithms_for, key_type_name
-from twisted_rfwd.errors import ChangedHostKey, HostKeyError, RevokedHostKey, UnknownHostKey
+from twisted_rfwd.errors import (
+    ChangedHostKey,
+    ChangedHostKeyForwardingDisabled,
+    HostKeyError,
+    RevokedHostKey,
+    UnknownHostKey,
+)
 
 ED25519 = Key(ed25519.Ed25519PrivateKey.generate()).public()
 ED25519_OTHER = Key(ed25519.Ed25519PrivateKey.generate()).public()
@@ -378,16 +384,15 @@ class VerifyChangedTests(KnownHostsTestCase):
         self.assertEqual(self.read(path), content)
 
     def test_changed_under_no(self) -> None:
-        """C{no} accepts a changed key with a warning, leaving the file as it was."""
+        """C{no} refuses a changed key too (ssh would disable passwords and forwarding),
+        naming the entry and leaving the file as it was."""
         content = plain_entry("example.com", ED25519_OTHER) + "\n"
         path = self.write("known_hosts", plain_entry("example.com", ED25519_OTHER))
-        messages = self.capture_log()
-        KnownHosts([path], HostKeyPolicy.NO, "example.com", 22).verify(ED25519)
+        known = KnownHosts([path], HostKeyPolicy.NO, "example.com", 22)
+        error = self.assertRaises(ChangedHostKeyForwardingDisabled, known.verify, ED25519)
+        self.assertEqual((error.known_hosts, error.line), (path, 1))
+        self.assertIn(openssh_fingerprint(ED25519), str(error))
         self.assertEqual(self.read(path), content)
-        self.assertTrue(
-            any("has changed" in m and openssh_fingerprint(ED25519) in m for m in messages),
-            messages,
-        )
 
 
 class OrderAlgorithmsTests(KnownHostsTestCase):

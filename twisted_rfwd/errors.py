@@ -185,3 +185,24 @@ class ConnectionClosed(RfwdError):
 
     def __str__(self) -> str:
         return self.reason
+
+
+class ChangedHostKeyForwardingDisabled(ChangedHostKey):
+    """
+    Under C{StrictHostKeyChecking=no}, the server presented a different key from the one
+    recorded.  ssh then goes on without password and keyboard-interactive authentication and
+    without port forwarding, since a man in the middle could use them; forwarding being all
+    rfwd-client does, it does not go on at all.
+    """
+
+    def __str__(self) -> str:
+        where = f"{self.known_hosts}:{self.line}" if self.line else self.known_hosts
+        return (
+            f"HOST KEY FOR {self.host_id} HAS CHANGED: the server presented {self.key_type} key "
+            f"{self.fingerprint}, which does not match the key recorded at {where}.\n"
+            f"StrictHostKeyChecking=no does not allow password or keyboard-interactive "
+            f"authentication or port forwarding to a host whose key changed, as in ssh; "
+            f"forwarding being all rfwd-client does, it did not log in.\n"
+            f"If the new key is legitimate, remove the old entry with "
+            f"'ssh-keygen -R \"{self.host_id}\" -f {self.known_hosts}' and connect again."
+        )

@@ -3,8 +3,9 @@ The client's C{ssh-connection} service: requests the forwards, and turns each
 C{forwarded-tcpip} channel into a TCP connection to the forward's destination.
 
 A channel is matched to its forward by the exact address string we asked for and the real port,
-as OpenSSH does; it is confirmed only once the destination accepted the connection, and a failed
-connect is answered with C{CONNECT_FAILED} and the operating system's reason.
+as OpenSSH does, and refused otherwise, even on a port we forward; it is confirmed only once the
+destination accepted the connection, and a failed connect is answered with C{CONNECT_FAILED} and
+the operating system's reason.
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ DESTINATION_CONNECT_TIMEOUT = 30.0
 @lru_cache(maxsize=256)
 def _numeric(host: str) -> bool:
     return is_ip_literal(host)
+
+
+_LOGGED_ADDRESS_CHARS = 64
+
+
+def _bounded_repr(text: str) -> str:
+    """A peer's string for a log line: quoted, escaped, and cut short (the server chooses it)."""
+    if len(text) <= _LOGGED_ADDRESS_CHARS:
+        return repr(text)
+    return repr(text[:_LOGGED_ADDRESS_CHARS]) + f"... ({len(text)} characters)"
 
 
 class _DestinationRelay(ChannelRelay):
@@ -165,10 +176,12 @@ class ForwardingClientConnection(ChannelMux):
             )
         spec = self.tunnel.forward_for(request.connected_address, request.connected_port)
         if spec is None:
+            # ssh answers ADMINISTRATIVELY_PROHIBITED too (its text is "open failed").
             self._log.warn(
-                "Server requests forwarding for unknown listen_port {port} (address {address!r})",
+                "Refused forwarded connection: the server requests forwarding for unknown "
+                "listen address {address} port {port}",
+                address=_bounded_repr(request.connected_address),
                 port=request.connected_port,
-                address=request.connected_address,
             )
             raise ChannelOpenFailed(wire.OPEN_ADMINISTRATIVELY_PROHIBITED, "unknown listen_port")
         return self._connect(spec, request, channel)

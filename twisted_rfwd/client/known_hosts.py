@@ -4,7 +4,8 @@ Host-key checking against OpenSSH known_hosts files, under C{StrictHostKeyChecki
 Entries are read with Conch's L{KnownHostsFile} (plain and hashed, C{[host]:port} names for ports
 other than 22).  As OpenSSH does, the host-key algorithms already recorded for the host are asked
 for first, so a host known by its RSA key is not mistaken for an unknown one offering ed25519.
-Never a prompt: an unknown or changed key is an error with the fingerprint and what to do.
+Never a prompt: an unknown or changed key is an error with the fingerprint and what to do, and a
+changed key is one even under C{StrictHostKeyChecking=no} (see L{KnownHosts.verify}).
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from twisted_rfwd.client.config import HostKeyPolicy
-from twisted_rfwd.errors import ChangedHostKey, RevokedHostKey, UnknownHostKey
+from twisted_rfwd.errors import (
+    ChangedHostKey,
+    ChangedHostKeyForwardingDisabled,
+    RevokedHostKey,
+    UnknownHostKey,
+)
 from twisted_rfwd.fingerprint import fingerprint
 
 __all__ = ["KnownHosts", "host_key_algorithms_for"]
@@ -85,9 +91,19 @@ class KnownHosts:
         """
         Accept C{key} for this host, or raise.
 
+        A changed key is refused under every policy.  Under C{no}, ssh would go on without
+        password and keyboard-interactive authentication and without port forwarding, since a
+        man in the middle could use them; forwarding is all this client does, so it stops here,
+        at the host-key check, before anything of the login is sent (not even the user name or
+        which public keys it holds).  That is simpler and safer than carrying "do not send a
+        password, do not ask for forwards" through userauth and the tunnel.
+
         @raise UnknownHostKey: no entry, and the policy is C{yes}.
-        @raise ChangedHostKey: an entry of this type holds another key, and the policy is not
-            C{no}.
+        @raise ChangedHostKeyForwardingDisabled: an entry of this type holds another key, and
+            the policy is C{no}.
+        @raise ChangedHostKey: an entry of this type holds another key, under C{yes} or
+            C{accept-new}.
+        @raise RevokedHostKey: the key is marked C{@revoked} for this host, under any policy.
         """
         name = self.host_id.encode("utf-8")
         key_fingerprint = fingerprint(key)
@@ -106,16 +122,11 @@ class KnownHosts:
                         return
                     changed = changed or (path, line)
         if changed is not None:
-            if self.policy is HostKeyPolicy.NO:
-                _log.warn(
-                    "WARNING: the {key_type} host key for {host} has changed "
-                    "({fingerprint}); continuing because StrictHostKeyChecking=no",
-                    key_type=key_type,
-                    host=self.host_id,
-                    fingerprint=key_fingerprint,
-                )
-                return
             path, line = changed
+            if self.policy is HostKeyPolicy.NO:
+                raise ChangedHostKeyForwardingDisabled(
+                    self.host, self.port, key_type, key_fingerprint, path, line
+                )
             raise ChangedHostKey(self.host, self.port, key_type, key_fingerprint, path, line)
         if self.policy is HostKeyPolicy.YES:
             raise UnknownHostKey(self.host, self.port, key_type, key_fingerprint, self.paths[0])

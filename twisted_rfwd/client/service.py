@@ -52,7 +52,10 @@ class _TunnelFactory(Factory):
 
 
 class TunnelService(Service):
-    """Keeps one tunnel up for as long as the service runs; C{on_fatal} hears what ends it."""
+    """
+    Keeps one tunnel up for as long as the service runs; C{on_fatal} hears what ends it, and
+    is the one to tell the user (the service does not log it too).
+    """
 
     def __init__(
         self,
@@ -156,7 +159,7 @@ class TunnelService(Service):
         if give_up or not self.config.reconnect:
             self._ended = True
             self._set_state("failed")
-            _log.error("{reason}", reason=str(reason))
+            # Not logged here: on_fatal reports it (the plugin logs it once, then exits 255).
             if self._client is not None:
                 self._client.stopService()
             self.on_fatal(fatal or reason)

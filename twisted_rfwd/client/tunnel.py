@@ -161,15 +161,23 @@ class Tunnel:
             self.transport.transport.abortConnection()
 
     def forward_for(self, address: str, port: int) -> RemoteForward | None:
-        """The forward a C{forwarded-tcpip} channel belongs to, by requested address and port."""
-        listening = [
-            s for s in self.forwards if s.status is ForwardStatus.LISTENING and s.port == port
-        ]
-        for state in listening:
-            if state.spec.request_address == address:
+        """
+        The listening forward a C{forwarded-tcpip} channel belongs to, or C{None}.
+
+        As ssh does (C{channel_connect_by_listen_address}), both must match exactly: the
+        address string we sent in C{tcpip-forward} (C{localhost} for no bind address, C{""}
+        for C{*}), which sshd and rfwd-server send back unchanged, and the port the server
+        listens on (the allocated one for port 0).  A matching port alone is not enough: a
+        server must not reach a destination through a forward it was not asked for.
+        """
+        for state in self.forwards:
+            if (
+                state.status is ForwardStatus.LISTENING
+                and state.port == port
+                and state.spec.request_address == address
+            ):
                 return state.spec
-        # Some servers report the bound address rather than our string: the port decides.
-        return listening[0].spec if len(listening) == 1 else None
+        return None
 
     # -- fed by the protocol objects ---------------------------------------------------------
 
