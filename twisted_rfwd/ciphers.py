@@ -220,6 +220,10 @@ class PlainOpener:
     def packet_size(self, seq: int, head: bytes | memoryview) -> int:
         length: int = _UINT32.unpack_from(head)[0]
         _check_length(length, 1)
+        if (4 + length) % 8:
+            # RFC 4253 section 6: the whole packet is a multiple of 8 bytes without a cipher
+            # (OpenSSH's "padding error" on the same packet).
+            raise RemoteProtocolError(f"bad packet length {length}: 4 + length is not a multiple of 8")
         return 4 + length
 
     def open(self, seq: int, packet: memoryview) -> tuple[bytes, int, int]:
