@@ -12,8 +12,9 @@ from typing import Any
 from twisted.conch.ssh.common import NS
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from tests.support.keys import new_key
 from tests.support.memory import MemoryRig
@@ -37,13 +38,17 @@ from twisted_rfwd.spec import parse_remote_forward
 from twisted_rfwd.transport_messages import check_shape, loggable
 
 
+@implementer(ILogObserver)
 class LogCapture:
     """Every log event while a test runs."""
 
     def __init__(self, test: TestCase) -> None:
         self.events: list[LogEvent] = []
-        globalLogPublisher.addObserver(self.events.append)
-        test.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        globalLogPublisher.addObserver(self)
+        test.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event: LogEvent) -> None:
+        self.events.append(event)
 
     def text(self) -> list[str]:
         return [formatEvent(e) for e in self.events]
