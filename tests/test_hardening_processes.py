@@ -1,0 +1,112 @@
+"""
+Hardening checked with real processes on loopback: sshd's limits as sshd applies them (the same
+test runs OpenSSH's sshd beside rfwd-server), and what a pre-login flood costs the server.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from tests.support.keys import new_key, public_line, write_private_key
+from tests.support.pairs import Keys, make_keys, start_rfwd_server, start_ssh, start_sshd
+from tests.support.processes import ChildProcess
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+async def _offers_before_disconnect(ssh: ChildProcess) -> tuple[int, str]:
+    """How many keys C{ssh -v} offered before the server cut it off, and what it said."""
+    await ssh.wait_ended(timeout=60)
+    output = ssh.output(last=400)
+    offered = len(re.findall(r"Offering public key", output))
+    said = re.search(r"Received disconnect from [^:]+ port \d+:(\d+): (.*)", output)
+    return offered, said.group(2).strip() if said else output
+
+
+class MaxAuthTriesTests(TestCase):
+    timeout = 120
+
+    def keys_that_fail(self, count: int) -> tuple[Keys, list[str]]:
+        """Fresh keys for a server whose authorized_keys holds none of C{count} user keys."""
+        keys = make_keys(Path(self.mktemp()))
+        keys.authorized_keys.write_bytes(public_line(new_key()) + b"\n")
+        options: list[str] = []
+        for number in range(count):
+            path = write_private_key(new_key(), keys.workdir / f"wrong_{number}")
+            options += ["-i", str(path)]
+        return keys, options
+
+    async def test_same_count_as_sshd(self) -> None:
+        """
+        With ten keys that all fail, rfwd-server lets ssh offer as many as sshd 9.2 does
+        (MaxAuthTries 6: the first "none" is free, the 6th failure ends the connection) and
+        says the same thing when it stops.
+        """
+        results = {}
+        keys, options = self.keys_that_fail(10)
+        _, sshd_port = await start_sshd(self, _reactor(), keys)
+        rfwd, rfwd_port = await start_rfwd_server(self, _reactor(), keys)
+        for name, port in (("sshd", sshd_port), ("rfwd-server", rfwd_port)):
+            ssh = start_ssh(self, _reactor(), keys, port, [], "-v", *options)
+            results[name] = await _offers_before_disconnect(ssh)
+        self.assertEqual(results["rfwd-server"], results["sshd"])
+        self.assertEqual(results["sshd"], (6, "Too many authentication failures"))
+        await rfwd.wait_for(r"Maximum authentication attempts \(6\) exceeded")
+
+    async def test_max_auth_tries_option(self) -> None:
+        """C{--max-auth-tries 2} stops the second failed key, as sshd's MaxAuthTries 2."""
+        keys, options = self.keys_that_fail(4)
+        _, port = await start_rfwd_server(self, _reactor(), keys, "--max-auth-tries", "2")
+        ssh = start_ssh(self, _reactor(), keys, port, [], "-v", *options)
+        self.assertEqual(
+            await _offers_before_disconnect(ssh), (2, "Too many authentication failures")
+        )
+
+
+def _plain_packet(payload: bytes) -> bytes:
+    padding = 8 - (5 + len(payload)) % 8
+    padding += 8 if padding < 4 else 0
+    body = bytes((padding,)) + payload + b"\x00" * padding
+    return struct.pack(">L", len(body)) + body
+
+
+class PreLoginFloodTests(TestCase):
+    timeout = 120
+
+    async def test_userauth_before_key_exchange_costs_nothing(self) -> None:
+        """
+        A client that skips the key exchange and floods service and userauth requests is
+        disconnected at the first one: the server's memory does not grow with the flood.
+        """
+        keys = make_keys(Path(self.mktemp()))
+        server, port = await start_rfwd_server(self, _reactor(), keys)
+        before = server.rss_kib()
+        request = _plain_packet(b"\x05" + struct.pack(">L", 12) + b"ssh-userauth")
+        attempt = _plain_packet(
+            b"\x32"
+            + b"".join(struct.pack(">L", len(s)) + s for s in (b"root", b"ssh-connection", b"none"))
+        )
+        flood = request + attempt * 2000
+        sent = 0
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"SSH-2.0-flood\r\n")
+                try:
+                    for _ in range(10):
+                        sock.sendall(flood)
+                        sent += len(flood)
+                except OSError:
+                    pass  # disconnected, as it should be
+        grown = server.rss_kib() - before
+        self.assertLess(grown, 8 * 1024, f"RSS grew by {grown} KiB after {sent} bytes")
+        await server.wait_for(r"unexpected message type 5 during the initial key exchange")
