@@ -408,3 +408,52 @@ class MappedAddressTests(SynchronousTestCase):
         """A client seen as ::ffff:10.1.2.3 on a dual-stack socket matches 10.0.0.0/8."""
         self.assertTrue(matches_from(("10.0.0.0/8",), "::ffff:10.1.2.3"))
         self.assertFalse(matches_from(("10.0.0.0/8", "!10.1.2.3"), "::ffff:10.1.2.3"))
+
+
+class CertAuthorityTests(SynchronousTestCase):
+    """C{cert-authority} lines: the CA key never logs in as a plain key, as in sshd."""
+
+    WARNING = (
+        f"{PATH} line 2: cert-authority: the key only vouches for certificates, "
+        "which this server does not accept"
+    )
+
+    def test_line_authorizes_no_plain_key(self) -> None:
+        """A cert-authority line yields no key; the lines around it still load."""
+        keys, _ = parse(ECDSA, f"cert-authority {ED25519}", RSA)
+        self.assertEqual([k.key for k in keys], [_ECDSA, _RSA])
+        self.assertFalse(any(k.matches(_ED25519.blob()) for k in keys))
+
+    def test_one_warning_per_line_per_reading(self) -> None:
+        """Each reading of the file warns once for the line, in the module's warning form."""
+        for _ in range(2):
+            _, warnings = parse(RSA, f"cert-authority {ED25519}")
+            self.assertEqual(warnings, [self.WARNING])
+
+    def test_with_other_options_and_any_case(self) -> None:
+        """The flag counts wherever it stands among options and however it is capitalised."""
+        for options in ('restrict,Cert-Authority,principals="alice"', "no-pty,CERT-AUTHORITY"):
+            keys, warnings = parse(RSA, f"{options} {ED25519}")
+            self.assertEqual([k.key for k in keys], [_RSA])
+            self.assertEqual(warnings, [self.WARNING])
+
+    def test_same_key_on_a_plain_line_still_logs_in(self) -> None:
+        """The key listed again without cert-authority authorizes as that plain line says."""
+        keys, warnings = parse(f"restrict {ED25519}", f"cert-authority {ED25519}")
+        self.assertEqual(len(warnings), 1)
+        (entry,) = keys
+        self.assertTrue(entry.matches(_ED25519.blob()))
+        self.assertEqual(entry.source, f"{PATH} line 1")
+        self.assertFalse(entry.options.port_forwarding)
+
+    def test_entry_marked_cert_authority_never_matches(self) -> None:
+        """An entry built with cert_authority set does not match even its own key's blob."""
+        entry = AuthorizedKey(_ED25519, KeyOptions(cert_authority=True), "built")
+        self.assertFalse(entry.matches(_ED25519.blob()))
+        self.assertTrue(AuthorizedKey(_ED25519, KeyOptions(), "built").matches(_ED25519.blob()))
+
+    def test_flag_given_a_value(self) -> None:
+        """cert-authority written with a value is not understood, like any flag."""
+        keys, warnings = parse(f'cert-authority="yes" {ED25519}')
+        self.assertEqual(keys, [])
+        self.assertEqual(warnings, [f"{PATH} line 1: unsupported option 'cert-authority'"])

@@ -169,6 +169,24 @@ class Channel:
         self._flush_pending()
         self._after_flush()
 
+    def close_unused(self, remote_id: int, reason: Failure) -> None:
+        """
+        The peer confirmed the channel on terms we refuse: close it without sending any data,
+        and fail L{when_opened} with C{reason}.
+        """
+        self.remote_id = remote_id
+        # Open as far as the peer knows, so that its answering CLOSE is accepted.
+        self.is_open = True
+        self._pending.clear()
+        self._eof_wanted = False
+        stream = self._stream
+        self._stream = None
+        if stream is not None:
+            stream.unregisterProducer()
+            stream.loseConnection()
+        self._opened.settle(reason)
+        self._send_close()
+
     def open_failed(self, reason: Failure) -> None:
         """The peer refused the channel, or the connection ended before it answered."""
         stream = self._stream

@@ -36,6 +36,7 @@ from twisted_rfwd.errors import (
     ConnectionClosed,
     MalformedPacket,
     RemoteProtocolError,
+    RfwdError,
 )
 from twisted_rfwd.keepalive import KeepAlive
 from twisted_rfwd.outcome import Outcome
@@ -47,9 +48,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_PACKET",
     "DEFAULT_WINDOW",
+    "MIN_PEER_MAX_PACKET",
     "RFWD_PEER_MAX_PACKET",
     "ChannelMux",
     "GlobalRequestFailed",
+    "PeerMaxPacketTooSmall",
 ]
 
 _CHANNEL_AND_LENGTH = struct.Struct(">LL")
@@ -60,6 +63,23 @@ DEFAULT_MAX_PACKET = 32 * 1024
 # OpenSSH peers get OpenSSH's own 32 KiB, as they expect.
 RFWD_PEER_MAX_PACKET = 128 * 1024
 
+# Fairness: the smallest maximum packet a peer may announce when it confirms a channel we opened
+# (the server's forwarded-tcpip channels); below it the channel is closed at once, unused.
+#
+# Every connection shares one reactor, and what sending costs grows with the number of packets,
+# not of bytes: each 512 KiB read from a forwarded socket is sealed as packets in one go, so a
+# peer announcing a 1-byte maximum turned one read into 512 Ki packets (~25 MB of ciphertext)
+# and stalled every other user's tunnel for seconds.  RFC 4254 forbids sending more than the
+# peer's maximum, so the remedy that costs nothing per packet is a floor, which bounds the work
+# of one read at 512 packets and needs no scheduler.  (OpenSSH has no floor: it sends one
+# packet per channel per turn of its loop, in a process of its own per connection.)
+# 1000 bytes stays far below what real clients announce: 32 KiB from OpenSSH, Dropbear, libssh,
+# Go, AsyncSSH and Paramiko, 16 KiB from PuTTY, 2 KiB from the smallest embedded builds.
+#
+# The window needs no floor: a peer granting a few bytes at a time gets one packet per
+# WINDOW_ADJUST it sends, work it pays for as much as we do.
+MIN_PEER_MAX_PACKET = 1000
+
 
 class GlobalRequestFailed(Exception):
     """The peer answered one of our global requests with C{REQUEST_FAILURE}."""
@@ -67,6 +87,21 @@ class GlobalRequestFailed(Exception):
     def __init__(self, name: bytes) -> None:
         super().__init__(name)
         self.name = name
+
+
+class PeerMaxPacketTooSmall(RfwdError):
+    """The peer confirmed our channel with a maximum packet below L{MIN_PEER_MAX_PACKET}."""
+
+    def __init__(self, max_packet: int, minimum: int) -> None:
+        super().__init__(max_packet, minimum)
+        self.max_packet = max_packet
+        self.minimum = minimum
+
+    def __str__(self) -> str:
+        return (
+            f"the peer's maximum packet size ({self.max_packet}) is below the {self.minimum} "
+            "bytes required; channel closed"
+        )
 
 
 class _PendingReply:
@@ -534,6 +569,11 @@ class ChannelMux(SSHService):
                 f"open confirmation for channel {message.recipient_channel}, "
                 "which was not being opened"
             )
+        if message.max_packet < MIN_PEER_MAX_PACKET:
+            # Whoever opened the channel logs the reason when its open fails: one line.
+            too_small = PeerMaxPacketTooSmall(message.max_packet, MIN_PEER_MAX_PACKET)
+            channel.close_unused(message.sender_channel, Failure(too_small))
+            return
         channel.opened(message.sender_channel, message.initial_window, message.max_packet)
 
     def _on_open_failure(self, payload: bytes) -> None:

@@ -5,6 +5,10 @@ C{permitlisten}, C{from}, C{expiry-time}).
 
 Options that restrict things this server never offers (C{no-pty}, C{command}, ...) are accepted
 and have nothing to restrict.  An unknown option makes the whole line unusable, as in sshd.
+
+A C{cert-authority} line names a key that signs user certificates; sshd never lets that key log
+in as a plain key, and this server takes no certificates yet, so such a line authorizes nothing
+here: it is left out with a warning, once per reading of the file.
 """
 
 from __future__ import annotations
@@ -45,11 +49,14 @@ _IRRELEVANT_FLAGS = {
     "user-rc",
     "no-x11-forwarding",
     "x11-forwarding",
-    "cert-authority",
     "no-touch-required",
     "verify-required",
 }
 _IRRELEVANT_VALUES = {"command", "environment", "principals", "permitopen", "tunnel"}
+
+_CERT_AUTHORITY_UNUSED = (
+    "cert-authority: the key only vouches for certificates, which this server does not accept"
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,8 @@ class KeyOptions:
     permit_listen: tuple[ListenPermission, ...] | None = None
     from_patterns: tuple[str, ...] | None = None
     expiry: datetime | None = None
+    # The key signs certificates (C{cert-authority}); it never matches a plain key, as in sshd.
+    cert_authority: bool = False
 
     def allows_listen(self, address: str, port: int) -> bool:
         if not self.port_forwarding:
@@ -76,7 +85,8 @@ class AuthorizedKey:
     source: str
 
     def matches(self, blob: bytes) -> bool:
-        return bool(self.key.blob() == blob)
+        """Whether a plain public key (its blob) is this line's key; never for a CA's line."""
+        return not self.options.cert_authority and bool(self.key.blob() == blob)
 
 
 def parse_authorized_keys(text: bytes, path: str) -> tuple[list[AuthorizedKey], list[str]]:
@@ -92,9 +102,14 @@ def parse_authorized_keys(text: bytes, path: str) -> tuple[list[AuthorizedKey], 
             continue
         where = f"{path} line {number}"
         try:
-            keys.append(_parse_line(line.decode("utf-8"), where))
+            entry = _parse_line(line.decode("utf-8"), where)
         except (ConfigError, UnicodeDecodeError, ValueError) as e:
             warnings.append(f"{where}: {e}")
+            continue
+        if entry.options.cert_authority:
+            warnings.append(f"{where}: {_CERT_AUTHORITY_UNUSED}")
+            continue
+        keys.append(entry)
     return keys, warnings
 
 
@@ -171,9 +186,12 @@ def _parse_options(text: str) -> KeyOptions:
     permit: list[ListenPermission] = []
     from_patterns: tuple[str, ...] | None = None
     expiry: datetime | None = None
+    cert_authority = False
     for name, value in _iter_options(text):
         if name == "restrict" and value is None:
             restricted = True
+        elif name == "cert-authority" and value is None:
+            cert_authority = True
         elif name == "no-port-forwarding" and value is None:
             port_forwarding = False
         elif name == "port-forwarding" and value is None:
@@ -197,6 +215,7 @@ def _parse_options(text: str) -> KeyOptions:
         permit_listen=tuple(permit) if permit else None,
         from_patterns=from_patterns,
         expiry=expiry,
+        cert_authority=cert_authority,
     )
 
 
