@@ -91,6 +91,10 @@ class ListenPolicy:
             return True
         return any(p.allows(address, port) for p in self.permissions)
 
+    def names_port(self, address: str, port: int) -> bool:
+        """Whether an entry names C{port} itself (not C{*}) and allows C{address} with it."""
+        return any(p.port == port and p.allows(address, port) for p in self.permissions or ())
+
     @classmethod
     def parse(cls, entries: Iterable[str]) -> ListenPolicy:
         """Parse sshd's C{PermitListen} arguments: C{any}, C{none}, C{port}, C{host:port}."""
@@ -121,3 +125,22 @@ def parse_listen_permission(text: str) -> ListenPermission:
     if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) <= 65535:
         raise ConfigError(f"bad port in listen permission '{text}'")
     return ListenPermission(host, int(port_text))
+
+
+# Ports below this are the operating system's privileged ports (IPPORT_RESERVED).
+PRIVILEGED_PORTS = 1024
+
+
+def privileged_port_refusal(user: str, address: str, port: int, policy: ListenPolicy) -> str | None:
+    """
+    sshd lets only root listen below 1024 (C{bind_permitted}); rfwd-server's users need not be
+    system users, so it is the login name C{root}, or a C{PermitListen} entry naming the port.
+    """
+    if port == 0 or port >= PRIVILEGED_PORTS or user == "root":
+        return None
+    if policy.names_port(address, port):
+        return None
+    return (
+        f"port {port} is privileged (below {PRIVILEGED_PORTS}): only root may listen on it, "
+        "or a PermitListen entry naming it"
+    )

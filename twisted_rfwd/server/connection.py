@@ -13,7 +13,7 @@ from twisted_rfwd import wire
 from twisted_rfwd.channel import Channel
 from twisted_rfwd.errors import ChannelOpenFailed
 from twisted_rfwd.mux import ChannelMux
-from twisted_rfwd.policy import listen_addresses
+from twisted_rfwd.policy import listen_addresses, privileged_port_refusal
 from twisted_rfwd.server.auth import LoginIdentity
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.listeners import BindError, ForwardListener, PortBinder, bind_forward
@@ -140,6 +140,16 @@ class ForwardingServerConnection(ChannelMux):
             return "not permitted by the key's permitlisten"
         if not self.config.permit_listen.allows(address, port):
             return "not permitted by PermitListen"
+        privileged = privileged_port_refusal(
+            self.login.user, address, port, self.config.permit_listen
+        )
+        if privileged:
+            return privileged
+        if len(self.listeners) >= self.config.max_forwards_per_connection:
+            return (
+                f"this connection already has {len(self.listeners)} forwards "
+                "(MaxForwardsPerConnection)"
+            )
         return None
 
     def _refuse(self, address: str, port: int, reason: str) -> None:
