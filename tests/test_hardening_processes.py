@@ -110,3 +110,24 @@ class PreLoginFloodTests(TestCase):
         grown = server.rss_kib() - before
         self.assertLess(grown, 8 * 1024, f"RSS grew by {grown} KiB after {sent} bytes")
         await server.wait_for(r"unexpected message type 5 during the initial key exchange")
+
+
+class PrivilegedPortTests(TestCase):
+    timeout = 60
+
+    async def test_privileged_port_is_refused(self) -> None:
+        """
+        ssh -R 999:... as a user other than root is refused (ssh exits 255 under
+        ExitOnForwardFailure), and nothing listens on port 999.
+        """
+        keys = make_keys(Path(self.mktemp()))
+        server, port = await start_rfwd_server(self, _reactor(), keys)
+        ssh = start_ssh(self, _reactor(), keys, port, ["999:127.0.0.1:1"], "-l", "tunnel")
+        await ssh.wait_ended(timeout=30)
+        self.assertEqual(ssh.exit_code, 255)
+        self.assertIn("remote port forwarding failed for listen port 999", ssh.output())
+        await server.wait_for(
+            r"Refused remote forward for tunnel .* port 999: port 999 is privileged"
+        )
+        with socket.socket() as probe:
+            self.assertNotEqual(probe.connect_ex(("127.0.0.1", 999)), 0)
