@@ -5,15 +5,19 @@ caps on forwards that one process serving everyone needs (in memory).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from tests.support.memory import MemoryRig
 from twisted_rfwd.client.tunnel import ForwardStatus, Tunnel
 from twisted_rfwd.policy import ListenPolicy, privileged_port_refusal
 from twisted_rfwd.spec import parse_remote_forward
+from twisted_rfwd.wire import TcpipForward
 
 
 class PrivilegedPortPolicyTests(TestCase):
@@ -77,3 +81,43 @@ class ForwardLimitTests(TestCase):
         expected = [ForwardStatus.LISTENING, ForwardStatus.LISTENING, ForwardStatus.REFUSED]
         self.assertEqual(statuses, expected)
         self.assertEqual(rig.binder.listening(8082), [])
+
+
+@implementer(ILogObserver)
+class _Lines:
+    def __init__(self, test: TestCase) -> None:
+        self.lines: list[str] = []
+        globalLogPublisher.addObserver(self)
+        test.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event: LogEvent) -> None:
+        self.lines.append(formatEvent(event))
+
+
+class RepeatedRefusalTests(TestCase):
+    def test_a_burst_of_refusals_becomes_one_line_with_a_count(self) -> None:
+        """
+        300 refused tcpip-forward requests log a few lines and then one summary with the
+        count, not 300 lines; the connection carries on.
+        """
+        tmp = Path(self.mktemp())
+        tmp.mkdir()
+        rig = MemoryRig(tmp, [parse_remote_forward("8080:127.0.0.1:80")])
+        tunnel = self.successResultOf(rig.connect())
+        lines = _Lines(self)
+        connection = tunnel.connection
+        assert connection is not None
+        replies = [
+            connection.send_global_request(b"tcpip-forward", TcpipForward("", 80).pack())
+            for _ in range(300)
+        ]
+        rig.flush()
+        for reply in replies:
+            self.failureResultOf(reply)
+        refusals = [line for line in lines.lines if "Refused remote forward" in line]
+        self.assertLessEqual(len(refusals), 10)
+        rig.reactor.advance(60)
+        summaries = [line for line in lines.lines if "more forward refusals" in line]
+        self.assertEqual(len(summaries), 1, lines.lines[-3:])
+        self.assertEqual(len(refusals) + int(re.findall(r"(\d+) more", summaries[0])[0]), 300)
+        self.assertEqual(tunnel.forwards[0].status, ForwardStatus.LISTENING)

@@ -7,16 +7,18 @@ forwards ports (so C{ssh -N} works, and a shell request gets a clear no).
 from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from twisted_rfwd import wire
 from twisted_rfwd.channel import Channel
 from twisted_rfwd.errors import ChannelOpenFailed
+from twisted_rfwd.log_budget import LogBudget
 from twisted_rfwd.mux import ChannelMux
 from twisted_rfwd.policy import listen_addresses, privileged_port_refusal
 from twisted_rfwd.server.auth import LoginIdentity
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.listeners import BindError, ForwardListener, PortBinder, bind_forward
+from twisted_rfwd.transport_messages import loggable
 
 __all__ = ["ForwardingServerConnection"]
 
@@ -47,6 +49,14 @@ class ForwardingServerConnection(ChannelMux):
         self.listeners: dict[tuple[str, int], ForwardListener] = {}
         self._registry = registry if registry is not None else set()
         self.shutting_down = False
+        # Every line the client can repeat at will goes through this (see log_budget).
+        self.log_budget: LogBudget | None = None
+
+    def note(self, what: str, level: LogLevel, format: str, /, **fields: object) -> None:
+        """Log a line the client could make us repeat, within this connection's budget."""
+        if self.log_budget is None:
+            self.log_budget = LogBudget(self.clock, self.peer_description())
+        self.log_budget.emit(what, self._log, level, format, **fields)
 
     def serviceStarted(self) -> None:
         self._registry.add(self)
@@ -66,6 +76,8 @@ class ForwardingServerConnection(ChannelMux):
         for listener in list(self.listeners.values()):
             self._close_listener(listener, why)
         self.listeners.clear()
+        if self.log_budget is not None:
+            self.log_budget.flush()
         self._log.info(
             "Connection from {peer} for {user} closed",
             peer=self.peer_description(),
@@ -87,12 +99,12 @@ class ForwardingServerConnection(ChannelMux):
         return None
 
     def channel_open_requested(self, channel_type: bytes, data: bytes, channel: Channel) -> None:
-        reason = _REFUSALS.get(
-            channel_type, f"unknown channel type {channel_type.decode('ascii', 'replace')}"
-        )
-        self._log.info(
+        reason = _REFUSALS.get(channel_type, f"unknown channel type {loggable(channel_type)}")
+        self.note(
+            "channel refusals",
+            LogLevel.info,
             "Refused {channel_type} channel from {user} at {peer}: {reason}",
-            channel_type=channel_type.decode("ascii", "replace"),
+            channel_type=loggable(channel_type),
             user=self.login.user,
             peer=self.peer_description(),
             reason=reason,
@@ -114,7 +126,7 @@ class ForwardingServerConnection(ChannelMux):
         if (address, port) in self.listeners and port != 0:
             self._refuse(address, port, "this connection already forwards that port")
             return None
-        listener = ForwardListener(self, address, self.login.user)
+        listener = ForwardListener(self, address, self.login.user, self.note)
         try:
             bind_forward(
                 self.binder, listener, listen_addresses(address, self.config.gateway_ports), port
@@ -123,7 +135,9 @@ class ForwardingServerConnection(ChannelMux):
             self._refuse(address, port, str(e))
             return None
         self.listeners[(address, listener.port)] = listener
-        self._log.info(
+        self.note(
+            "forwards",
+            LogLevel.info,
             "Remote forward for {user}: listening on {bound} (requested {address!r} port {port})",
             user=self.login.user,
             bound=listener.describe(),
@@ -153,7 +167,9 @@ class ForwardingServerConnection(ChannelMux):
         return None
 
     def _refuse(self, address: str, port: int, reason: str) -> None:
-        self._log.warn(
+        self.note(
+            "forward refusals",
+            LogLevel.warn,
             "Refused remote forward for {user} from {peer}: address {address!r} port {port}: "
             "{reason}",
             user=self.login.user,
@@ -166,7 +182,9 @@ class ForwardingServerConnection(ChannelMux):
     def _cancel(self, request: wire.TcpipForward) -> bytes | None:
         listener = self.listeners.pop((request.address, request.port), None)
         if listener is None:
-            self._log.info(
+            self.note(
+                "forward refusals",
+                LogLevel.info,
                 "{user} cancelled a forward it does not have: {address!r} port {port}",
                 user=self.login.user,
                 address=request.address,
@@ -179,7 +197,9 @@ class ForwardingServerConnection(ChannelMux):
     def _close_listener(self, listener: ForwardListener, why: str) -> None:
         where = listener.describe()
         listener.close()
-        self._log.info(
+        self.note(
+            "forwards",
+            LogLevel.info,
             "Remote forward for {user} on {bound} closed: {why} ({count} connections forwarded)",
             user=self.login.user,
             bound=where,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.protocol import ServerFactory, connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from twisted_rfwd._address import describe_address, host_port
@@ -78,11 +78,24 @@ class SocketBinder:
             sock.close()
 
 
+class Note(Protocol):
+    """Logs a line that a client can make us repeat, within its connection's log budget."""
+
+    def __call__(self, what: str, level: LogLevel, format: str, /, **fields: object) -> None: ...
+
+
+def _note_always(what: str, level: LogLevel, format: str, /, **fields: object) -> None:
+    _log.emit(level, format, **fields)
+
+
 class ForwardListener:
     """The sockets of one remote forward, and where their connections go."""
 
-    def __init__(self, mux: ChannelMux, requested_address: str, user: str) -> None:
+    def __init__(
+        self, mux: ChannelMux, requested_address: str, user: str, note: Note | None = None
+    ) -> None:
         self.mux = mux
+        self.note: Note = note if note is not None else _note_always
         self.requested_address = requested_address
         self.user = user
         self.port = 0
@@ -133,7 +146,9 @@ class ForwardedConnection(ChannelRelay):
             super().connectionLost(reason)
 
     def _refused(self, failure: Failure, peer: str) -> None:
-        _log.info(
+        self.listener.note(
+            "forwarded connections not opened",
+            LogLevel.info,
             "Forwarded connection from {peer} to port {port} of {user} not opened: {reason}",
             peer=peer,
             port=self.listener.port,
