@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -121,3 +122,23 @@ class RepeatedRefusalTests(TestCase):
         self.assertEqual(len(summaries), 1, lines.lines[-3:])
         self.assertEqual(len(refusals) + int(re.findall(r"(\d+) more", summaries[0])[0]), 300)
         self.assertEqual(tunnel.forwards[0].status, ForwardStatus.LISTENING)
+
+
+class ChannelCapTests(TestCase):
+    def test_channels_per_connection_are_capped(self) -> None:
+        """Beyond MaxChannelsPerConnection, a new forwarded connection is closed at once."""
+        tmp = Path(self.mktemp())
+        tmp.mkdir()
+        rig = MemoryRig(
+            tmp, [parse_remote_forward("8080:127.0.0.1:80")], max_channels_per_connection=1
+        )
+        self.successResultOf(rig.connect())
+        lines = _Lines(self)
+        first = rig.app_connects(8080)
+        rig.destination_accepts()
+        factory, _ = rig.binder.listening(8080)[0]
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50001)))
+        self.assertTrue(any("MaxChannelsPerConnection" in line for line in lines.lines))
+        first.reset()
+        rig.flush()
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50002)))

@@ -223,7 +223,9 @@ class PlainOpener:
         if (4 + length) % 8:
             # RFC 4253 section 6: the whole packet is a multiple of 8 bytes without a cipher
             # (OpenSSH's "padding error" on the same packet).
-            raise RemoteProtocolError(f"bad packet length {length}: 4 + length is not a multiple of 8")
+            raise RemoteProtocolError(
+                f"bad packet length {length}: 4 + length is not a multiple of 8"
+            )
         return 4 + length
 
     def open(self, seq: int, packet: memoryview) -> tuple[bytes, int, int]:

@@ -37,6 +37,7 @@ from twisted_rfwd.mux import GlobalRequestFailed
 from twisted_rfwd.outcome import Outcome
 from twisted_rfwd.spec import RemoteForward
 from twisted_rfwd.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
+from twisted_rfwd.transport_messages import loggable
 
 __all__ = ["ClientTransport", "ForwardState", "ForwardStatus", "Tunnel", "connect"]
 
@@ -314,7 +315,8 @@ class ClientTransport(TransportMixin, SSHClientTransport):
         )
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
-        self.tunnel.peer_disconnected(description.decode("utf-8", "replace"))
+        # The server's words, kept short: they reach the log and the status file.
+        self.tunnel.peer_disconnected(loggable(description, 200))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)

@@ -17,6 +17,7 @@ from twisted_rfwd.mux import ChannelMux
 from twisted_rfwd.policy import listen_addresses, privileged_port_refusal
 from twisted_rfwd.server.auth import LoginIdentity
 from twisted_rfwd.server.config import ServerConfig
+from twisted_rfwd.server.descriptors import DescriptorBudget, ForwardCounts
 from twisted_rfwd.server.listeners import BindError, ForwardListener, PortBinder, bind_forward
 from twisted_rfwd.transport_messages import loggable
 
@@ -41,6 +42,8 @@ class ForwardingServerConnection(ChannelMux):
         login: LoginIdentity,
         binder: PortBinder,
         registry: set[ForwardingServerConnection] | None = None,
+        descriptors: DescriptorBudget | None = None,
+        forward_counts: ForwardCounts | None = None,
     ) -> None:
         super().__init__(clock, window_size=config.window_size, max_packet=config.max_packet)
         self.config = config
@@ -49,6 +52,9 @@ class ForwardingServerConnection(ChannelMux):
         self.listeners: dict[tuple[str, int], ForwardListener] = {}
         self._registry = registry if registry is not None else set()
         self.shutting_down = False
+        # Shared with the factory (and so with every other connection); own ones if embedded alone.
+        self.descriptors = descriptors if descriptors is not None else DescriptorBudget(1 << 30)
+        self.forward_counts = forward_counts if forward_counts is not None else ForwardCounts()
         # Every line the client can repeat at will goes through this (see log_budget).
         self.log_budget: LogBudget | None = None
 
@@ -126,14 +132,33 @@ class ForwardingServerConnection(ChannelMux):
         if (address, port) in self.listeners and port != 0:
             self._refuse(address, port, "this connection already forwards that port")
             return None
-        listener = ForwardListener(self, address, self.login.user, self.note)
+        user = self.login.user
+        addresses = listen_addresses(address, self.config.gateway_ports)
+        if not self.forward_counts.try_add(user, self.config.max_forwards_per_user):
+            held = self.forward_counts.of(user)
+            self._refuse(address, port, f"{user} already has {held} forwards (MaxForwardsPerUser)")
+            return None
+        if not self.descriptors.acquire_listeners(user, len(addresses)):
+            self.forward_counts.remove(user)
+            self._refuse(address, port, "too few file descriptors left for new forwards")
+            return None
+        listener = ForwardListener(
+            self,
+            address,
+            user,
+            self.note,
+            self.descriptors,
+            self.config.max_channels_per_connection,
+        )
         try:
-            bind_forward(
-                self.binder, listener, listen_addresses(address, self.config.gateway_ports), port
-            )
+            bind_forward(self.binder, listener, addresses, port)
         except BindError as e:
+            self.descriptors.release_listeners(user, len(addresses))
+            self.forward_counts.remove(user)
             self._refuse(address, port, str(e))
             return None
+        # Addresses that did not bind hold no descriptor.
+        self.descriptors.release_listeners(user, len(addresses) - len(listener.ports))
         self.listeners[(address, listener.port)] = listener
         self.note(
             "forwards",
@@ -196,6 +221,8 @@ class ForwardingServerConnection(ChannelMux):
 
     def _close_listener(self, listener: ForwardListener, why: str) -> None:
         where = listener.describe()
+        self.descriptors.release_listeners(self.login.user, len(listener.ports))
+        self.forward_counts.remove(self.login.user)
         listener.close()
         self.note(
             "forwards",

@@ -5,6 +5,10 @@ This is the piece an embedding program listens with::
 
     factory = ForwardingServerFactory(reactor, ServerConfig(host_keys=[key]))
     serverFromString(reactor, "tcp:2222").listen(factory)
+
+It also decides which accepted connections may stay: sshd's C{MaxStartups} and
+C{PerSourceMaxStartups} (L{twisted_rfwd.server.admission}), and the process's file descriptors
+(L{twisted_rfwd.server.descriptors}), which it shares with the forwards it serves.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ from twisted.conch.ssh.transport import (
 )
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorSocket, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorSocket, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_rfwd.errors import RemoteProtocolError
+from twisted_rfwd.server.admission import DROP_MESSAGE, Startup, StartupGate, ThrottledLog
 from twisted_rfwd.server.auth import (
     AuthorizedKeysChecker,
     AuthorizedKeysFiles,
@@ -34,10 +41,14 @@ from twisted_rfwd.server.auth import (
 )
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.connection import ForwardingServerConnection
+from twisted_rfwd.server.descriptors import DescriptorBudget, ForwardCounts
 from twisted_rfwd.server.listeners import PortBinder, SocketBinder
 from twisted_rfwd.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
+from twisted_rfwd.transport_messages import loggable
 
 __all__ = ["ForwardingServerFactory", "ServerTransport"]
+
+_log = Logger()
 
 
 class ServerTransport(TransportMixin, SSHServerTransport):
@@ -46,6 +57,9 @@ class ServerTransport(TransportMixin, SSHServerTransport):
     _log = Logger()
     login_grace_time: float = 120.0
     _grace: IDelayedCall | None = None
+    # Set by the factory: this connection's MaxStartups slot (until login) and descriptor.
+    startup: Startup | None = None
+    descriptors: DescriptorBudget | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -67,16 +81,28 @@ class ServerTransport(TransportMixin, SSHServerTransport):
             self.transport.abortConnection()
 
     def setService(self, service: Any) -> None:
-        if isinstance(service, ForwardingServerConnection) and self._grace is not None:
-            if self._grace.active():
-                self._grace.cancel()
-            self._grace = None
+        if isinstance(service, ForwardingServerConnection):
+            # Logged in: no longer one of MaxStartups' unauthenticated connections.
+            self._release_startup()
+            if self._grace is not None:
+                if self._grace.active():
+                    self._grace.cancel()
+                self._grace = None
         super().setService(service)
+
+    def _release_startup(self) -> None:
+        startup, self.startup = self.startup, None
+        if startup is not None:
+            startup.release()
 
     def connectionLost(self, reason: Any = None) -> None:
         if self._grace is not None and self._grace.active():
             self._grace.cancel()
         self._grace = None
+        self._release_startup()
+        descriptors, self.descriptors = self.descriptors, None
+        if descriptors is not None:
+            descriptors.release_connection()
         super().connectionLost(reason)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
@@ -84,7 +110,7 @@ class ServerTransport(TransportMixin, SSHServerTransport):
         self._log.info(
             "{peer} disconnected: {reason} (code {code})",
             peer=self._peer(),
-            reason=description.decode("utf-8", "replace"),
+            reason=loggable(description, 200),
             code=reasonCode,
         )
 
@@ -100,8 +126,36 @@ class ServerTransport(TransportMixin, SSHServerTransport):
         super().sendExtInfo([(b"server-sig-algs", b",".join(PUBLIC_KEY_ALGORITHMS))])
 
 
+class _Dropped(Protocol):
+    """A connection past MaxStartups: sshd's one line, then closed."""
+
+    def __init__(self, descriptors: DescriptorBudget) -> None:
+        self._descriptors = descriptors
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(DROP_MESSAGE)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._descriptors.release_connection()
+
+
+def _source(addr: IAddress) -> str:
+    """The address MaxStartups counts by: the peer's IP address (UNIX sockets: all one)."""
+    host = getattr(addr, "host", None)
+    return host if isinstance(host, str) and host else type(addr).__name__
+
+
 class ForwardingServerFactory(SSHFactory):
-    """Serves remote forwarding to clients whose keys are in their authorized_keys."""
+    """
+    Serves remote forwarding to clients whose keys are in their authorized_keys.
+
+    @ivar descriptors: the process's file descriptors, shared by SSH connections (counted here)
+        and forwards (counted by their connections).
+    @ivar forward_counts: forwards held per login name, for C{max_forwards_per_user}.
+    @ivar startups: the unauthenticated connections, for MaxStartups.
+    """
 
     protocol = ServerTransport
     noisy = False
@@ -111,7 +165,13 @@ class ForwardingServerFactory(SSHFactory):
         reactor: Any,
         config: ServerConfig,
         binder: PortBinder | None = None,
+        descriptors: DescriptorBudget | None = None,
+        random_below: Callable[[int], int] | None = None,
     ) -> None:
+        """
+        @param descriptors: the budget to share (default: measured from this process).
+        @param random_below: C{n -> [0, n)} for MaxStartups' random early drop (tests).
+        """
         if not config.host_keys:
             raise ValueError("ServerConfig.host_keys is empty: a server needs a host key")
         self.reactor: IReactorTime = reactor
@@ -126,14 +186,45 @@ class ForwardingServerFactory(SSHFactory):
         self.primes = None
         self.connections: set[ForwardingServerConnection] = set()
         self.shutting_down = False
+        self.descriptors = (
+            descriptors if descriptors is not None else DescriptorBudget.for_this_process()
+        )
+        self.forward_counts = ForwardCounts()
+        self.startups = StartupGate(
+            reactor, config.max_startups, config.per_source_max_startups, random_below
+        )
+        self.descriptor_refusals = ThrottledLog(
+            reactor, "Refused new SSH connections: too few file descriptors left"
+        )
+
+    def startFactory(self) -> None:
+        # Listening sockets, log files and the reactor are open by now: they are the base.
+        self.descriptors.rebase()
+        _log.info("File descriptors: {budget}", budget=self.descriptors.describe())
+        super().startFactory()
 
     def getPrimes(self) -> None:
         """No group-exchange moduli: the elliptic-curve exchanges are all we offer."""
         return None
 
-    def buildProtocol(self, addr: Any) -> ServerTransport:
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        A L{ServerTransport}; or a protocol that sends sshd's line and closes, past MaxStartups;
+        or None, which closes the socket at once, when descriptors run short.  (Typed C{Any}:
+        callers that build one in memory know they get a L{ServerTransport}.)
+        """
+        source = _source(addr)
+        if not self.descriptors.acquire_connection():
+            # None: Twisted closes the socket at once, without a write to wait for.
+            self.descriptor_refusals.event("no descriptor", f"from {source}")
+            return None
+        startup = self.startups.admit(source)
+        if startup is None:
+            return _Dropped(self.descriptors)
         transport = super().buildProtocol(addr)
         assert isinstance(transport, ServerTransport)
+        transport.startup = startup
+        transport.descriptors = self.descriptors
         transport.supportedPublicKeys = [
             name for name in transport.supportedPublicKeys if name in PUBLIC_KEY_ALGORITHMS
         ]
@@ -181,6 +272,12 @@ class ForwardingServerFactory(SSHFactory):
         if service == b"ssh-connection" and isinstance(avatar, ForwardingAvatar):
             login = avatar.login
             return lambda: ForwardingServerConnection(
-                self.reactor, self.config, login, self.binder, self.connections
+                self.reactor,
+                self.config,
+                login,
+                self.binder,
+                self.connections,
+                self.descriptors,
+                self.forward_counts,
             )
         return None

@@ -28,6 +28,7 @@ from twisted_rfwd.wire import ForwardedTcpip
 
 if TYPE_CHECKING:
     from twisted_rfwd.mux import ChannelMux
+    from twisted_rfwd.server.descriptors import DescriptorBudget
 
 __all__ = ["BindError", "ForwardListener", "PortBinder", "SocketBinder", "bind_forward"]
 
@@ -92,9 +93,17 @@ class ForwardListener:
     """The sockets of one remote forward, and where their connections go."""
 
     def __init__(
-        self, mux: ChannelMux, requested_address: str, user: str, note: Note | None = None
+        self,
+        mux: ChannelMux,
+        requested_address: str,
+        user: str,
+        note: Note | None = None,
+        descriptors: DescriptorBudget | None = None,
+        max_channels: int | None = None,
     ) -> None:
         self.mux = mux
+        self.descriptors = descriptors
+        self.max_channels = max_channels
         self.note: Note = note if note is not None else _note_always
         self.requested_address = requested_address
         self.user = user
@@ -141,7 +150,12 @@ class ForwardedConnection(ChannelRelay):
         super().connectionMade()
         self.channel.when_opened().addErrback(self._refused, describe_address(peer))
 
+    budget: DescriptorBudget | None = None
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        budget, self.budget = self.budget, None
+        if budget is not None:
+            budget.release_forwarded()
         if hasattr(self, "channel"):
             super().connectionLost(reason)
 
@@ -163,8 +177,30 @@ class _AcceptFactory(ServerFactory):
     def __init__(self, listener: ForwardListener) -> None:
         self.listener = listener
 
-    def buildProtocol(self, addr: object) -> ForwardedConnection:
-        return ForwardedConnection(self.listener)
+    def buildProtocol(self, addr: object) -> ForwardedConnection | None:
+        listener = self.listener
+        refusal = None
+        if (
+            listener.max_channels is not None
+            and len(listener.mux.channels) >= listener.max_channels
+        ):
+            refusal = f"{len(listener.mux.channels)} channels open (MaxChannelsPerConnection)"
+        budget = listener.descriptors
+        if refusal is None and budget is not None and not budget.acquire_forwarded():
+            refusal = "too few file descriptors left for forwarded connections"
+        if refusal is not None:
+            listener.note(
+                "forwarded connections not opened",
+                LogLevel.warn,
+                "Forwarded connection to port {port} of {user} closed at once: {reason}",
+                port=listener.port,
+                user=listener.user,
+                reason=refusal,
+            )
+            return None  # Twisted closes the socket at once
+        protocol = ForwardedConnection(self.listener)
+        protocol.budget = budget
+        return protocol
 
 
 def bind_forward(

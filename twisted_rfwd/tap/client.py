@@ -26,13 +26,14 @@ from twisted_rfwd.errors import ConfigError, KeyLoadError
 from twisted_rfwd.limits import parse_duration, parse_rekey_limit
 from twisted_rfwd.spec import parse_remote_forward
 from twisted_rfwd.tap._exit import ExitStatus
+from twisted_rfwd.tap.logs import LoggedService, LogOptions
 
 __all__ = ["Options", "makeService"]
 
 _log = Logger()
 
 
-class Options(usage.Options):
+class Options(LogOptions):
     synopsis = "[options] -R [bind_address:]port:host:hostport [user@]host"
     longdesc = (
         "Connects to an SSH server and asks it to listen for remote forwards, like "
@@ -288,4 +289,5 @@ def makeService(options: Options) -> IService:
 
     r: Any = reactor
     status = ExitStatus(r)
-    return TunnelService(r, options["config"], lambda error: status.fail(str(error)))
+    tunnel = TunnelService(r, options["config"], lambda error: status.fail(str(error)))
+    return LoggedService(tunnel, options)

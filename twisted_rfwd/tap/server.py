@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,19 @@ from twisted_rfwd.allocator import tune_allocator
 from twisted_rfwd.errors import ConfigError
 from twisted_rfwd.limits import parse_duration, parse_rekey_limit
 from twisted_rfwd.policy import GatewayPorts, ListenPolicy
+from twisted_rfwd.server.admission import MaxStartups, parse_per_source_max_startups
 from twisted_rfwd.server.config import ServerConfig
+from twisted_rfwd.server.descriptors import raise_nofile_limit
 from twisted_rfwd.server.factory import ForwardingServerFactory
 from twisted_rfwd.server.host_keys import default_state_directory, ensure_host_key, load_host_key
 from twisted_rfwd.server.service import ServerService
 from twisted_rfwd.tap._exit import ExitStatus
+from twisted_rfwd.tap.logs import LoggedService, LogOptions
 
 __all__ = ["Options", "makeService"]
 
 
-class Options(usage.Options):
+class Options(LogOptions):
     synopsis = "[options]"
     longdesc = (
         "An SSH server that does remote port forwarding (ssh -R) and nothing else. "
@@ -76,6 +80,28 @@ class Options(usage.Options):
             "any",
             "sshd's PermitListen: any, none, or a space-separated list of [host:]port.",
         ],
+        [
+            "max-startups",
+            None,
+            "10:30:100",
+            "sshd's MaxStartups start:rate:full (or N): drop new unauthenticated connections "
+            "beyond start with probability rate%, rising to 100% at full.",
+        ],
+        [
+            "per-source-max-startups",
+            None,
+            "none",
+            "sshd's PerSourceMaxStartups: unauthenticated connections per source address.",
+        ],
+        ["max-auth-tries", None, "6", "sshd's MaxAuthTries: failed logins per connection."],
+        ["max-forwards-per-connection", None, "100", "Forwards one SSH connection may hold."],
+        ["max-forwards-per-user", None, "200", "Forwards one user name may hold, all connections."],
+        [
+            "max-channels-per-connection",
+            None,
+            "1000",
+            "Open channels (forwarded connections) per SSH connection.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -112,6 +138,7 @@ class Options(usage.Options):
                 )
                 if self[name] is not None
             }
+            self["limits"] = _limits(self)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -123,6 +150,27 @@ def _count(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise ConfigError(f"--client-alive-count-max must be a number, not '{text}'")
     return int(text)
+
+
+def _positive(options: usage.Options, name: str) -> int:
+    text = options[name]
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise ConfigError(f"--{name} must be a positive number, not '{text}'")
+    return int(text)
+
+
+def _limits(options: usage.Options) -> dict[str, Any]:
+    """The admission limits, as ServerConfig fields."""
+    return {
+        "max_startups": astuple(MaxStartups.parse(options["max-startups"], "--max-startups")),
+        "per_source_max_startups": parse_per_source_max_startups(
+            options["per-source-max-startups"], "--per-source-max-startups"
+        ),
+        "max_auth_tries": _positive(options, "max-auth-tries"),
+        "max_forwards_per_connection": _positive(options, "max-forwards-per-connection"),
+        "max_forwards_per_user": _positive(options, "max-forwards-per-user"),
+        "max_channels_per_connection": _positive(options, "max-channels-per-connection"),
+    }
 
 
 def makeService(options: Options) -> IService:
@@ -146,9 +194,12 @@ def makeService(options: Options) -> IService:
         permit_listen=options["permit-listen-policy"],
         **options["algorithms"],
         **options["timing"],
+        **options["limits"],
     )
+    soft, hard = raise_nofile_limit()
+    _log.info("File descriptor limit (RLIMIT_NOFILE): {soft} (hard {hard})", soft=soft, hard=hard)
     r: Any = reactor
     status = ExitStatus(r)
     factory = ForwardingServerFactory(r, config)
     endpoint = serverFromString(r, options["listen"])
-    return ServerService(endpoint, factory, status.fail)
+    return LoggedService(ServerService(endpoint, factory, status.fail), options)
