@@ -191,7 +191,7 @@ class EnforcementTests(TestCase):
         reason, logs = self.refused("unassigned")
         self.assertIn("unexpected message type 200", reason)
         lines = [line for line in logs.text() if "message type 200" in line]
-        self.assertEqual(len(lines), 1)
+        self.assertEqual(len(lines), 1, lines)
         self.assertIn("32769 bytes", lines[0])
         everything = "".join(logs.text()) + repr(logs.events)
         self.assertNotIn("\\xab\\xab", everything)

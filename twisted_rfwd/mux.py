@@ -410,9 +410,9 @@ class ChannelMux(SSHService):
             return
         self.stopped = True
         self._log.error(
-            "Protocol error from {peer}: {message}; disconnecting",
+            "Protocol error from {peer}: {reason}; disconnecting",
             peer=self.peer_description(),
-            message=message,
+            reason=message,
         )
         self.transport.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, message.encode("utf-8"))
 

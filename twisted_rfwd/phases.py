@@ -89,8 +89,8 @@ class KexStage(enum.Enum):
 _OUTSIDE_KEX: dict[tuple[Side, Phase], frozenset[int]] = {
     (Side.SERVER, Phase.FIRST_KEX): _GENERIC | {MSG_KEXINIT},
     (Side.SERVER, Phase.NO_SERVICE): _GENERIC | {MSG_KEXINIT, MSG_SERVICE_REQUEST, MSG_EXT_INFO},
-    (Side.SERVER, Phase.USERAUTH): _GENERIC
-    | {MSG_KEXINIT, MSG_USERAUTH_REQUEST, MSG_USERAUTH_INFO_RESPONSE},
+    # No INFO_RESPONSE: the server offers no keyboard-interactive, so none can be pending.
+    (Side.SERVER, Phase.USERAUTH): _GENERIC | {MSG_KEXINIT, MSG_USERAUTH_REQUEST},
     # sshd ignores a USERAUTH_REQUEST after the login (RFC 4252 section 5.1): see IGNORED.
     (Side.SERVER, Phase.CONNECTION): _GENERIC | {MSG_KEXINIT, MSG_USERAUTH_REQUEST} | _CONNECTION,
     (Side.CLIENT, Phase.FIRST_KEX): _GENERIC | {MSG_KEXINIT},

@@ -50,7 +50,7 @@ from twisted_rfwd.phases import (
     accepted_messages,
     refusal,
 )
-from twisted_rfwd.transport_messages import check_shape, loggable
+from twisted_rfwd.transport_messages import check_shape
 from twisted_rfwd.wire import MSG_CHANNEL_DATA, Reader, pack_string
 
 __all__ = [
@@ -284,12 +284,8 @@ class TransportMixin:
             return
         self._closing = True
         self.sendPacket(MSG_DISCONNECT, struct.pack(">L", reason) + pack_string(desc) + b"\0\0\0\0")
-        self._log.debug(
-            "Disconnecting {peer} (code {code}): {reason}",
-            peer=self._peer(),
-            code=reason,
-            reason=loggable(desc, 200),
-        )
+        # Whoever decided to disconnect has logged why: no second line with the same reason.
+        self._log.debug("Disconnecting {peer} (code {code})", peer=self._peer(), code=reason)
         if self.transport is not None:
             self.transport.loseConnection()
 
@@ -609,9 +605,9 @@ class TransportMixin:
         if self._closing:
             return
         self._log.error(
-            "Protocol error from {peer}: {message}; disconnecting",
+            "Protocol error from {peer}: {reason}; disconnecting",
             peer=self._peer(),
-            message=message,
+            reason=message,
         )
         self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, message.encode("utf-8"))
 

@@ -43,6 +43,7 @@ def _disconnect(payload: bytes) -> None:
 def _unimplemented(payload: bytes) -> None:
     reader = Reader(payload, "SSH_MSG_UNIMPLEMENTED")
     reader.uint32()
+    _end(reader, "SSH_MSG_UNIMPLEMENTED")
 
 
 def _debug(payload: bytes) -> None:
@@ -72,7 +73,6 @@ def _ext_info(payload: bytes) -> None:
 
 
 def _kexinit(payload: bytes) -> None:
-    reader = Reader(payload, "SSH_MSG_KEXINIT")
     if len(payload) < 16:
         raise MalformedPacket("SSH_MSG_KEXINIT", "no cookie")
     reader = Reader(payload[16:], "SSH_MSG_KEXINIT")

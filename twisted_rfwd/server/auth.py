@@ -19,7 +19,7 @@ from twisted.conch.avatar import ConchUser
 from twisted.conch.error import ConchError, IgnoreAuthentication, ValidPublicKey
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh.common import NS
-from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.conch.ssh.keys import Key
 from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
 from twisted.conch.ssh.userauth import (
     MSG_USERAUTH_FAILURE,
@@ -321,7 +321,7 @@ class ServerUserAuth(SSHUserAuthServer):
             )
         try:
             Key.fromString(blob)
-        except (BadKeyError, ValueError):
+        except Exception:  # Conch's key parser raises anything on garbage: the peer's fault
             return defer.fail(UnauthorizedLogin("unparsable public key"))
         peer_host = str(getattr(self._peer(), "host", ""))
         credentials = PeerSSHPrivateKey(
@@ -349,7 +349,7 @@ class ServerUserAuth(SSHUserAuthServer):
             assert self.transport is not None
             try:
                 key_fingerprint = fingerprint(Key.fromString(blob))
-            except (BadKeyError, ValueError):
+            except Exception:  # Conch's key parser raises anything on garbage: the peer's fault
                 key_fingerprint = "(unparsable key)"
             _log.info(
                 "Refused publickey for {user} from {peer}: {key_type} {fingerprint}: {reason}",

@@ -36,7 +36,7 @@ class ExitStatus:
             self.reactor._exitSignal = None
 
     def fail(self, message: str, code: int = SSH_FAILURE) -> None:
-        _log.critical("{message}", message=message)
+        _log.critical("{reason}", reason=message)
         if self.code:
             return
         self.code = code
