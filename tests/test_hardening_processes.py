@@ -80,36 +80,70 @@ def _plain_packet(payload: bytes) -> bytes:
     return struct.pack(">L", len(body)) + body
 
 
+def _flood(port: int, opening: bytes, flood: bytes, connections: int, repeats: int) -> int:
+    """Send C{opening} then C{flood} C{repeats} times on each of C{connections}; bytes sent."""
+    sent = 0
+    for _ in range(connections):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            try:
+                sock.sendall(opening)
+                for _ in range(repeats):
+                    sock.sendall(flood)
+                    sent += len(flood)
+            except OSError:
+                pass  # disconnected, as it should be
+    return sent
+
+
 class PreLoginFloodTests(TestCase):
+    """Each flood a client can send before logging in: the server's memory stays flat."""
+
     timeout = 120
 
-    async def test_userauth_before_key_exchange_costs_nothing(self) -> None:
-        """
-        A client that skips the key exchange and floods service and userauth requests is
-        disconnected at the first one: the server's memory does not grow with the flood.
-        """
+    async def flood_costs_nothing(
+        self, opening: bytes, flood: bytes, connections: int, repeats: int, logged: str
+    ) -> None:
         keys = make_keys(Path(self.mktemp()))
         server, port = await start_rfwd_server(self, _reactor(), keys)
         before = server.rss_kib()
+        sent = _flood(port, opening, flood, connections, repeats)
+        await server.wait_for(logged)
+        grown = server.rss_kib() - before
+        self.assertLess(grown, 8 * 1024, f"RSS grew by {grown} KiB after {sent} bytes")
+
+    async def test_userauth_before_key_exchange(self) -> None:
+        """
+        Service and userauth requests without a key exchange: disconnected at the first one,
+        nothing queued behind the unfinished exchange.
+        """
         request = _plain_packet(b"\x05" + struct.pack(">L", 12) + b"ssh-userauth")
         attempt = _plain_packet(
             b"\x32"
             + b"".join(struct.pack(">L", len(s)) + s for s in (b"root", b"ssh-connection", b"none"))
         )
-        flood = request + attempt * 2000
-        sent = 0
-        for _ in range(20):
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-                sock.sendall(b"SSH-2.0-flood\r\n")
-                try:
-                    for _ in range(10):
-                        sock.sendall(flood)
-                        sent += len(flood)
-                except OSError:
-                    pass  # disconnected, as it should be
-        grown = server.rss_kib() - before
-        self.assertLess(grown, 8 * 1024, f"RSS grew by {grown} KiB after {sent} bytes")
-        await server.wait_for(r"unexpected message type 5 during the initial key exchange")
+        await self.flood_costs_nothing(
+            b"SSH-2.0-flood\r\n",
+            request + attempt * 2000,
+            20,
+            10,
+            r"unexpected message type 5 during the initial key exchange",
+        )
+
+    async def test_large_unassigned_messages(self) -> None:
+        """32 KiB packets of an unassigned type: one line and a disconnect each."""
+        await self.flood_costs_nothing(
+            b"SSH-2.0-flood\r\n",
+            _plain_packet(b"\xc8" + b"\xab" * 32760) * 8,
+            20,
+            16,
+            r"unexpected message type 200",
+        )
+
+    async def test_endless_identification_line(self) -> None:
+        """An identification line that never ends is cut at 255 bytes."""
+        await self.flood_costs_nothing(
+            b"SSH-2.0-", b"x" * 65536, 20, 16, r"no SSH identification line"
+        )
 
 
 class PrivilegedPortTests(TestCase):
