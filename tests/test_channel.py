@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, cast
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tests.support.streams import FakeStream
-from twisted_rfwd.channel import Channel
+from twisted_rfwd.channel import PACKETS_PER_TURN, Channel
 from twisted_rfwd.errors import ChannelOpenFailed, ConnectionClosed, RemoteProtocolError
 from twisted_rfwd.window import ReceiveWindow
 
@@ -37,10 +38,13 @@ class FakeMux:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.senders: list[Channel] = []
+        self.clock = Clock()
+        self.packets_per_call: list[int] = []
 
     def send_data(self, recipient: int, data: bytes, max_packet: int) -> None:
         # The multiplexer sends one packet per max_packet bytes; record each, as bytes (the
         # channel may pass a view into the chunk it read).
+        self.packets_per_call.append(-(-len(data) // max_packet))
         for offset in range(0, len(data), max_packet):
             self.events.append(("data", recipient, bytes(data[offset : offset + max_packet])))
 
@@ -216,6 +220,33 @@ class SendTests(ChannelTestCase):
         stream.receive(b"b" * 10)
         self.assertEqual(stream.inbound, [b"b" * 10])
         self.assertEqual(len(mux.data()), 2)
+
+    def test_packets_per_turn_are_bounded(self) -> None:
+        """
+        A peer with a small maximum packet gets PACKETS_PER_TURN packets per reactor turn; the
+        rest follows on later turns, in order, and the stream is read again once all is sent.
+        """
+        channel, mux, stream = self.open_attached(send_window=1_000_000, send_max_packet=1000)
+        data = bytes(range(256)) * 200  # 51,200 bytes: 52 packets
+        stream.receive(data)
+        self.assertEqual(len(mux.data()), PACKETS_PER_TURN)
+        self.assertTrue(stream.reading_paused)
+        self.assertEqual(len(mux.clock.getDelayedCalls()), 1)
+        mux.clock.advance(0)
+        self.assertEqual(max(mux.packets_per_call), PACKETS_PER_TURN)
+        self.assertEqual(len(mux.packets_per_call), 4)
+        self.assertEqual(b"".join(mux.data()), data)
+        self.assertEqual(channel.bytes_sent, len(data))
+        self.assertFalse(stream.reading_paused)
+
+    def test_closing_cancels_the_next_turn(self) -> None:
+        """A channel closed while data waits for its next turn sends nothing more."""
+        channel, mux, stream = self.open_attached(send_window=1_000_000, send_max_packet=1000)
+        stream.receive(b"z" * 40_000)
+        channel.close_received_from_peer()
+        sent = len(mux.data())
+        mux.clock.advance(0)
+        self.assertEqual(len(mux.data()), sent)
 
     def test_window_exactly_used(self) -> None:
         """A write that exactly fills the window is sent whole and does not pause the stream."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -30,7 +30,14 @@ from twisted_rfwd.window import ReceiveWindow
 if TYPE_CHECKING:
     from twisted_rfwd.mux import ChannelMux
 
-__all__ = ["Channel", "LocalStream"]
+__all__ = ["PACKETS_PER_TURN", "Channel", "LocalStream"]
+
+# Fairness between the connections of one reactor: a channel sends at most this many packets per
+# reactor turn, and what is left waits for the next turn (its stream paused meanwhile).  Sixteen
+# packets of a 32 KiB peer are a whole 512 KiB read, so ordinary peers never wait; a peer that
+# announces a small maximum packet gets as many packets per turn, not more, so the packets it
+# makes us seal cannot crowd out the other connections' turns.
+PACKETS_PER_TURN = 16
 
 
 class LocalStream(Protocol):
@@ -74,6 +81,7 @@ class Channel:
         self.close_received = False
         self._local_write_done = False
         self._released = False
+        self._next_turn: IDelayedCall | None = None
         self._opened: Outcome[Channel] = Outcome()
         self._closed: Outcome[None] = Outcome()
         self.bytes_sent = 0
@@ -262,9 +270,15 @@ class Channel:
     # -- internals ---------------------------------------------------------------------------
 
     def _send_chunks(self, data: bytes) -> None:
-        """Send as much of C{data} as the window allows; keep the rest until it grows."""
+        """
+        Send as much of C{data} as the window and this turn allow; keep the rest until the
+        window grows or the next turn.
+        """
         size = len(data)
-        n = min(size, self._send_window)
+        turn = self._send_max_packet * PACKETS_PER_TURN
+        n = min(size, self._send_window, turn)
+        if n == turn and n < min(size, self._send_window):
+            self._continue_next_turn()
         if n == size:
             self._mux.send_data(self.remote_id, data, self._send_max_packet)
         elif n > 0:
@@ -274,6 +288,17 @@ class Channel:
         if n < size:
             self._pending.append(data[n:])
             self._pause_source()
+
+    def _continue_next_turn(self) -> None:
+        if self._next_turn is None:
+            self._next_turn = self._mux.clock.callLater(0, self._turn)
+
+    def _turn(self) -> None:
+        self._next_turn = None
+        if self.close_sent or self.eof_sent or self._released or not self._pending:
+            return
+        self._flush_pending()
+        self._after_flush()
 
     def _flush_pending(self) -> None:
         pending, self._pending = self._pending, []
@@ -358,5 +383,8 @@ class Channel:
         if self._released:
             return
         self._released = True
+        if self._next_turn is not None and self._next_turn.active():
+            self._next_turn.cancel()
+        self._next_turn = None
         self._mux.release_channel(self)
         self._closed.settle(None)
