@@ -402,7 +402,7 @@ class OptionsTests(SynchronousTestCase):
                 "max_auth_tries": 6,
                 "max_forwards_per_connection": 100,
                 "max_forwards_per_user": 200,
-                "max_channels_per_connection": 1000,
+                "max_channels_per_connection": 16384,
             },
         )
         config = ServerConfig(host_keys=[new_key()], **self.parse())

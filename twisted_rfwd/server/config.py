@@ -37,7 +37,8 @@ class ServerConfig:
     # What sshd gets from one process per connection, and one reactor must do itself.
     max_forwards_per_connection: int = 100
     max_forwards_per_user: int = 200
-    max_channels_per_connection: int = 1000
+    # OpenSSH's own ceiling (CHANNELS_MAX_CHANNELS in channels.c).
+    max_channels_per_connection: int = 16384
     client_alive_interval: float = 15.0
     client_alive_count_max: int = 3
     rekey_bytes: int | None = DEFAULT_REKEY_BYTES

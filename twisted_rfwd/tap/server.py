@@ -99,8 +99,8 @@ class Options(LogOptions):
         [
             "max-channels-per-connection",
             None,
-            "1000",
-            "Open channels (forwarded connections) per SSH connection.",
+            "16384",
+            "Open channels (forwarded connections) per SSH connection (OpenSSH's own ceiling).",
         ],
     ]
 
