@@ -22,6 +22,7 @@ from zope.interface import implementer
 from tests.support.keys import new_key
 from tests.support.memory import MemoryRig
 from twisted_rfwd.errors import ConfigError
+from twisted_rfwd.protocol.spec import parse_remote_forward
 from twisted_rfwd.server.admission import (
     DROP_MESSAGE,
     MaxStartups,
@@ -38,7 +39,6 @@ from twisted_rfwd.server.descriptors import (
     raise_nofile_limit,
 )
 from twisted_rfwd.server.factory import ForwardingServerFactory, ServerTransport
-from twisted_rfwd.spec import parse_remote_forward
 from twisted_rfwd.tap import server as server_tap
 
 

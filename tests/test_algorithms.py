@@ -22,11 +22,11 @@ from tests.support.pairs import (
     start_sshd,
 )
 from tests.support.processes import free_port
-from twisted_rfwd.algorithms import choose
 from twisted_rfwd.client.tunnel import ClientTransport, ForwardStatus
 from twisted_rfwd.errors import ConfigError
-from twisted_rfwd.spec import parse_remote_forward
-from twisted_rfwd.transport import STRICT_KEX_CLIENT
+from twisted_rfwd.protocol.algorithms import choose
+from twisted_rfwd.protocol.spec import parse_remote_forward
+from twisted_rfwd.ssh.transport import STRICT_KEX_CLIENT
 
 SUITES = [
     ("aes128-gcm@openssh.com", "hmac-sha2-256-etm@openssh.com"),

@@ -29,7 +29,7 @@ from tests.support.pairs import (
     start_sshd,
 )
 from tests.support.processes import ChildProcess, free_port, openssh_binary, spawn
-from twisted_rfwd.fingerprint import fingerprint
+from twisted_rfwd.ssh.fingerprint import fingerprint
 
 
 def reactor() -> Any:

@@ -1,9 +1,9 @@
 """
-Tests for L{twisted_rfwd.channel.Channel} on its own: flow control both ways and half-close.
+Tests for L{twisted_rfwd.ssh.channel.Channel} on its own: flow control both ways and half-close.
 
 The multiplexer is a recorder (L{FakeMux}) and the local socket a L{FakeStream}, attached with
 L{Channel.attach} as the relay would; a tiny protocol passes the stream's events to the channel
-as L{twisted_rfwd.relay.ChannelRelay} does.  The end-to-end behaviour over real SSH is in
+as L{twisted_rfwd.ssh.relay.ChannelRelay} does.  The end-to-end behaviour over real SSH is in
 L{tests.test_memory_forwarding}.
 """
 
@@ -19,12 +19,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tests.support.streams import FakeStream
-from twisted_rfwd.channel import PACKETS_PER_TURN, Channel
 from twisted_rfwd.errors import ChannelOpenFailed, ConnectionClosed, RemoteProtocolError
-from twisted_rfwd.window import ReceiveWindow
+from twisted_rfwd.protocol.window import ReceiveWindow
+from twisted_rfwd.ssh.channel import PACKETS_PER_TURN, Channel
 
 if TYPE_CHECKING:
-    from twisted_rfwd.mux import ChannelMux
+    from twisted_rfwd.ssh.mux import ChannelMux
 
 LOCAL_ID = 7
 REMOTE_ID = 42

@@ -1,5 +1,5 @@
 """
-The floor on the peer's maximum packet (L{twisted_rfwd.mux.MIN_PEER_MAX_PACKET}): a channel we
+The floor on the peer's maximum packet (L{twisted_rfwd.ssh.mux.MIN_PEER_MAX_PACKET}): a channel we
 opened and the peer confirmed with tinier packets is closed unused, so that it cannot turn one
 read into a flood of packets.
 """
@@ -10,9 +10,9 @@ from twisted.internet.protocol import Protocol
 
 from tests.support.streams import FakeStream
 from tests.test_mux import FakeSSHTransport, MuxTestCase
-from twisted_rfwd import wire
-from twisted_rfwd.channel import Channel
-from twisted_rfwd.mux import MIN_PEER_MAX_PACKET, ChannelMux, PeerMaxPacketTooSmall
+from twisted_rfwd.protocol import wire
+from twisted_rfwd.ssh.channel import Channel
+from twisted_rfwd.ssh.mux import MIN_PEER_MAX_PACKET, ChannelMux, PeerMaxPacketTooSmall
 
 
 class FloorTests(MuxTestCase):

@@ -6,7 +6,8 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_rfwd.ciphers import (
+from twisted_rfwd.errors import RemoteProtocolError
+from twisted_rfwd.protocol.ciphers import (
     MAX_PACKET_SIZE,
     MacError,
     Opener,
@@ -14,7 +15,6 @@ from twisted_rfwd.ciphers import (
     make_opener,
     make_sealer,
 )
-from twisted_rfwd.errors import RemoteProtocolError
 
 SUITES = [
     (b"aes128-gcm@openssh.com", b"hmac-sha2-256"),

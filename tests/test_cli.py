@@ -26,7 +26,7 @@ from tests.support.processes import (
     spawn,
     twistd_argv,
 )
-from twisted_rfwd.fingerprint import fingerprint
+from twisted_rfwd.ssh.fingerprint import fingerprint
 
 
 def reactor() -> Any:

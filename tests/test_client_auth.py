@@ -44,8 +44,8 @@ from twisted_rfwd.client.identity import (
 from twisted_rfwd.client.tunnel import ForwardStatus
 from twisted_rfwd.client.userauth import PublicKeyAuth
 from twisted_rfwd.errors import AuthenticationFailed, KeyLoadError
-from twisted_rfwd.spec import parse_remote_forward
-from twisted_rfwd.wire import Reader
+from twisted_rfwd.protocol.spec import parse_remote_forward
+from twisted_rfwd.protocol.wire import Reader
 
 
 def tmpdir(test: SynchronousTestCase) -> Path:

@@ -31,7 +31,6 @@ from tests.support.keys import new_key, public_line
 from tests.support.memory import MemoryRig
 from tests.support.pairs import make_keys, start_rfwd_client, start_rfwd_server
 from tests.support.processes import free_port
-from twisted_rfwd import wire
 from twisted_rfwd.client.config import HostKeyPolicy
 from twisted_rfwd.client.tunnel import ClientTransport, ForwardStatus, Tunnel
 from twisted_rfwd.errors import (
@@ -39,9 +38,10 @@ from twisted_rfwd.errors import (
     ChangedHostKeyForwardingDisabled,
     ChannelOpenFailed,
 )
-from twisted_rfwd.fingerprint import fingerprint
+from twisted_rfwd.protocol import wire
+from twisted_rfwd.protocol.spec import parse_remote_forward
 from twisted_rfwd.server.connection import ForwardingServerConnection
-from twisted_rfwd.spec import parse_remote_forward
+from twisted_rfwd.ssh.fingerprint import fingerprint
 
 
 @implementer(ILogObserver)

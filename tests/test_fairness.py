@@ -19,7 +19,7 @@ from tests.support.apps import exchange, pattern, start_app_server, wait_until_e
 from tests.support.pairs import make_keys, start_rfwd_client, start_rfwd_server
 from tests.support.processes import free_port
 from twisted_rfwd import ClientConfig, HostKeyPolicy, RemoteForward, connect, load_identity
-from twisted_rfwd.mux import MIN_PEER_MAX_PACKET
+from twisted_rfwd.ssh.mux import MIN_PEER_MAX_PACKET
 
 
 def reactor() -> Any:

@@ -16,9 +16,9 @@ from zope.interface import implementer
 
 from tests.support.memory import MemoryRig
 from twisted_rfwd.client.tunnel import ForwardStatus, Tunnel
-from twisted_rfwd.policy import ListenPolicy, privileged_port_refusal
-from twisted_rfwd.spec import parse_remote_forward
-from twisted_rfwd.wire import TcpipForward
+from twisted_rfwd.protocol.policy import ListenPolicy, privileged_port_refusal
+from twisted_rfwd.protocol.spec import parse_remote_forward
+from twisted_rfwd.protocol.wire import TcpipForward
 
 
 class PrivilegedPortPolicyTests(TestCase):

@@ -38,9 +38,9 @@ from zope.interface import implementer
 from tests.support.keys import new_key, write_private_key
 from tests.support.pairs import make_keys, start_rfwd_server
 from tests.support.processes import plugin_env, spawn, twistd_argv
-from twisted_rfwd.log_budget import LogBudget
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.factory import ForwardingServerFactory
+from twisted_rfwd.ssh.log_budget import LogBudget
 from twisted_rfwd.tap import client as client_tap
 from twisted_rfwd.tap import server as server_tap
 from twisted_rfwd.tap.logs import MAX_FIELD, LoggedService, SafeObserver, conch_formats
@@ -283,7 +283,7 @@ class SafeObserverTests(SynchronousTestCase):
         """Our own debug lines are written at debug and not at info; warnings at both."""
         for level in (LogLevel.debug, LogLevel.info):
             safe = Collector()
-            log = Logger(namespace="twisted_rfwd.transport", observer=SafeObserver(safe, level))
+            log = Logger(namespace="twisted_rfwd.ssh.transport", observer=SafeObserver(safe, level))
             log.debug("Re-exchanging keys with {peer}: {why}", peer="192.0.2.7:1", why="1 GiB")
             log.warn("Refused {what}", what="something")
             expected = ["Refused something"]

@@ -14,7 +14,6 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests.support.keys import new_key, public_line
 from tests.support.memory import MemoryRig
 from tests.support.streams import FakeStream
-from twisted_rfwd import wire
 from twisted_rfwd.client.tunnel import ForwardStatus, Tunnel
 from twisted_rfwd.errors import (
     AuthenticationFailed,
@@ -22,9 +21,10 @@ from twisted_rfwd.errors import (
     ForwardRefused,
     UnknownHostKey,
 )
-from twisted_rfwd.mux import GlobalRequestFailed
+from twisted_rfwd.protocol import wire
+from twisted_rfwd.protocol.spec import RemoteForward, parse_remote_forward
 from twisted_rfwd.server.connection import ForwardingServerConnection
-from twisted_rfwd.spec import RemoteForward, parse_remote_forward
+from twisted_rfwd.ssh.mux import GlobalRequestFailed
 
 
 def forward(spec: str) -> RemoteForward:
@@ -344,7 +344,7 @@ class LoginTests(TestCase):
     def test_unknown_host_key_is_fatal_under_strict_checking(self) -> None:
         """StrictHostKeyChecking=yes and an unknown host key: refused, with the fingerprint."""
         from twisted_rfwd.client.config import HostKeyPolicy
-        from twisted_rfwd.fingerprint import fingerprint
+        from twisted_rfwd.ssh.fingerprint import fingerprint
 
         tmp = Path(self.mktemp())
         tmp.mkdir()

@@ -1,8 +1,9 @@
 """
-Tests for L{twisted_rfwd.mux.ChannelMux}, driven message by message through C{packetReceived}.
+Tests for L{twisted_rfwd.ssh.mux.ChannelMux}, driven message by message through C{packetReceived}.
 
 The SSH transport is a recorder (L{FakeSSHTransport}); payloads are built with
-L{twisted_rfwd.wire}.  End-to-end behaviour over real SSH is in L{tests.test_memory_forwarding}.
+L{twisted_rfwd.protocol.wire}.  End-to-end behaviour over real SSH is in
+L{tests.test_memory_forwarding}.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.streams import FakeStream
-from twisted_rfwd import wire
-from twisted_rfwd.channel import Channel
 from twisted_rfwd.errors import ChannelOpenFailed, ConnectionClosed
-from twisted_rfwd.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW, ChannelMux, GlobalRequestFailed
+from twisted_rfwd.protocol import wire
+from twisted_rfwd.ssh.channel import Channel
+from twisted_rfwd.ssh.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW, ChannelMux, GlobalRequestFailed
 
 if TYPE_CHECKING:
     from twisted.conch.ssh.transport import SSHTransportBase

@@ -20,7 +20,8 @@ from tests.support.keys import new_key
 from tests.support.memory import MemoryRig
 from twisted_rfwd.client.tunnel import ClientTransport
 from twisted_rfwd.errors import MalformedPacket
-from twisted_rfwd.phases import (
+from twisted_rfwd.protocol.messages import check_shape, loggable
+from twisted_rfwd.protocol.phases import (
     MSG_KEXINIT,
     MSG_NEWKEYS,
     MSG_SERVICE_REQUEST,
@@ -31,11 +32,10 @@ from twisted_rfwd.phases import (
     accepted_messages,
     refusal,
 )
+from twisted_rfwd.protocol.spec import parse_remote_forward
 from twisted_rfwd.server.auth import ServerUserAuth
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.factory import ForwardingServerFactory, ServerTransport
-from twisted_rfwd.spec import parse_remote_forward
-from twisted_rfwd.transport_messages import check_shape, loggable
 
 
 @implementer(ILogObserver)

@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_rfwd.policy}: sshd's C{GatewayPorts} and C{PermitListen} decisions.
+Tests for L{twisted_rfwd.protocol.policy}: sshd's C{GatewayPorts} and C{PermitListen} decisions.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_rfwd.errors import ConfigError
-from twisted_rfwd.policy import (
+from twisted_rfwd.protocol.policy import (
     LOOPBACK,
     WILDCARD,
     GatewayPorts,

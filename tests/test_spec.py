@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_rfwd.spec}: OpenSSH's C{-R [bind_address:]port:host:hostport} syntax.
+Tests for L{twisted_rfwd.protocol.spec}: OpenSSH's C{-R [bind_address:]port:host:hostport} syntax.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_rfwd.errors import BadForwardSpec, ConfigError
-from twisted_rfwd.spec import RemoteForward, parse_remote_forward
+from twisted_rfwd.protocol.spec import RemoteForward, parse_remote_forward
 
 
 class ParseValidTests(SynchronousTestCase):

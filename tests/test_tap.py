@@ -9,8 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.keys import new_key, write_private_key
 from twisted_rfwd.client.config import ClientConfig, HostKeyPolicy
-from twisted_rfwd.policy import GatewayPorts
-from twisted_rfwd.spec import RemoteForward
+from twisted_rfwd.protocol.policy import GatewayPorts
+from twisted_rfwd.protocol.spec import RemoteForward
 from twisted_rfwd.tap import client as client_tap
 from twisted_rfwd.tap import server as server_tap
 

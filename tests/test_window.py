@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_rfwd.window}: receive-window accounting (RFC 4254 section 5.2).
+Tests for L{twisted_rfwd.protocol.window}: receive-window accounting (RFC 4254 section 5.2).
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_rfwd.errors import RemoteProtocolError
-from twisted_rfwd.window import ReceiveWindow
+from twisted_rfwd.protocol.window import ReceiveWindow
 
 
 class DataReceivedTests(SynchronousTestCase):

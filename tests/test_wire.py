@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_rfwd.wire}: RFC 4254 payloads as bytes.
+Tests for L{twisted_rfwd.protocol.wire}: RFC 4254 payloads as bytes.
 
 Expected encodings are written out by hand from the RFC's field layout (C{string} is a
 big-endian uint32 length then the bytes; C{boolean} is one byte; C{uint32} is big-endian), so a
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_rfwd.errors import MalformedPacket, RemoteProtocolError
-from twisted_rfwd.wire import (
+from twisted_rfwd.protocol.wire import (
     MSG_CHANNEL_DATA,
     MSG_CHANNEL_OPEN,
     MSG_CHANNEL_OPEN_FAILURE,

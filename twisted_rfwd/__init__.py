@@ -15,10 +15,10 @@ from twisted_rfwd.client.identity import Identity, load_identity
 from twisted_rfwd.client.service import TunnelService
 from twisted_rfwd.client.tunnel import ForwardState, ForwardStatus, Tunnel, connect
 from twisted_rfwd.errors import RfwdError
-from twisted_rfwd.policy import GatewayPorts, ListenPolicy
+from twisted_rfwd.protocol.policy import GatewayPorts, ListenPolicy
+from twisted_rfwd.protocol.spec import RemoteForward, parse_remote_forward
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.factory import ForwardingServerFactory
-from twisted_rfwd.spec import RemoteForward, parse_remote_forward
 
 __all__ = [
     "ClientConfig",

@@ -22,7 +22,7 @@ from twisted_rfwd.client.agent import (
     AgentClient,
     AgentIdentity,
 )
-from twisted_rfwd.wire import Reader, pack_string
+from twisted_rfwd.protocol.wire import Reader, pack_string
 
 
 class FakeAgent:

@@ -37,9 +37,9 @@ from tests.support.streams import FakeStream
 from twisted_rfwd.client.config import ClientConfig, HostKeyPolicy
 from twisted_rfwd.client.identity import Identity
 from twisted_rfwd.client.tunnel import ClientTransport, Tunnel
+from twisted_rfwd.protocol.spec import parse_remote_forward
 from twisted_rfwd.server.connection import ForwardingServerConnection
 from twisted_rfwd.server.factory import ForwardingServerFactory, ServerTransport
-from twisted_rfwd.spec import parse_remote_forward
 
 __all__ = [
     "CLIENT_VERSION",

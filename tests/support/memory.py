@@ -27,9 +27,9 @@ from tests.support.streams import FakeStream
 from twisted_rfwd.client.config import ClientConfig, HostKeyPolicy
 from twisted_rfwd.client.identity import Identity
 from twisted_rfwd.client.tunnel import ClientTransport, Tunnel
+from twisted_rfwd.protocol.spec import RemoteForward
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.factory import ForwardingServerFactory, ServerTransport
-from twisted_rfwd.spec import RemoteForward
 
 
 class FakePort:

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted_rfwd.client.connection import connect_error_text
 from twisted_rfwd.client.identity import Identity, PublicOnlyIdentity
 from twisted_rfwd.errors import MalformedPacket, RfwdError
-from twisted_rfwd.wire import Reader, pack_string
+from twisted_rfwd.protocol.wire import Reader, pack_string
 
 __all__ = [
     "AgentClient",

@@ -12,12 +12,12 @@ import os
 from dataclasses import dataclass, field
 from enum import Enum
 
-from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, MACS
 from twisted_rfwd.client.identity import Identity
 from twisted_rfwd.errors import ConfigError
-from twisted_rfwd.limits import DEFAULT_REKEY_BYTES, DEFAULT_REKEY_SECONDS
-from twisted_rfwd.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
-from twisted_rfwd.spec import RemoteForward
+from twisted_rfwd.protocol.algorithms import CIPHERS, KEY_EXCHANGES, MACS
+from twisted_rfwd.protocol.spec import RemoteForward
+from twisted_rfwd.protocol.units import DEFAULT_REKEY_BYTES, DEFAULT_REKEY_SECONDS
+from twisted_rfwd.ssh.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
 
 __all__ = ["ClientConfig", "HostKeyPolicy", "SSHOptions"]
 

@@ -22,14 +22,14 @@ from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_rfwd import wire
-from twisted_rfwd._address import host_port
-from twisted_rfwd.channel import Channel
 from twisted_rfwd.errors import ChannelOpenFailed
-from twisted_rfwd.mux import ChannelMux
-from twisted_rfwd.policy import is_ip_literal
-from twisted_rfwd.relay import ChannelRelay
-from twisted_rfwd.spec import RemoteForward
+from twisted_rfwd.protocol import wire
+from twisted_rfwd.protocol.addresses import host_port
+from twisted_rfwd.protocol.policy import is_ip_literal
+from twisted_rfwd.protocol.spec import RemoteForward
+from twisted_rfwd.ssh.channel import Channel
+from twisted_rfwd.ssh.mux import ChannelMux
+from twisted_rfwd.ssh.relay import ChannelRelay
 
 if TYPE_CHECKING:
     from twisted_rfwd.client.tunnel import Tunnel

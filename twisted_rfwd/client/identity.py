@@ -17,8 +17,8 @@ from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
 from twisted.internet.defer import Deferred, fail, succeed
 
 from twisted_rfwd.errors import KeyLoadError, MalformedPacket
-from twisted_rfwd.fingerprint import fingerprint
-from twisted_rfwd.wire import Reader
+from twisted_rfwd.protocol.wire import Reader
+from twisted_rfwd.ssh.fingerprint import fingerprint
 
 __all__ = [
     "DEFAULT_IDENTITY_NAMES",

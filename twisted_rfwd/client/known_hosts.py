@@ -27,7 +27,7 @@ from twisted_rfwd.errors import (
     RevokedHostKey,
     UnknownHostKey,
 )
-from twisted_rfwd.fingerprint import fingerprint
+from twisted_rfwd.ssh.fingerprint import fingerprint
 
 __all__ = ["KnownHosts", "host_key_algorithms_for"]
 

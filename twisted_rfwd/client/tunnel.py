@@ -33,11 +33,11 @@ from twisted_rfwd.client.connection import ForwardingClientConnection, connect_e
 from twisted_rfwd.client.known_hosts import KnownHosts
 from twisted_rfwd.client.userauth import PublicKeyAuth
 from twisted_rfwd.errors import ConnectionClosed, ForwardRefused, HostKeyError, RfwdError
-from twisted_rfwd.mux import GlobalRequestFailed
-from twisted_rfwd.outcome import Outcome
-from twisted_rfwd.spec import RemoteForward
-from twisted_rfwd.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
-from twisted_rfwd.transport_messages import loggable
+from twisted_rfwd.protocol.messages import loggable
+from twisted_rfwd.protocol.spec import RemoteForward
+from twisted_rfwd.ssh.mux import GlobalRequestFailed
+from twisted_rfwd.ssh.outcome import Outcome
+from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
 
 __all__ = ["ClientTransport", "ForwardState", "ForwardStatus", "Tunnel", "connect"]
 

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted_rfwd.client.agent import AgentIdentity, AgentKeys, prepare_identities
 from twisted_rfwd.client.identity import Identity
 from twisted_rfwd.errors import AuthenticationFailed
-from twisted_rfwd.wire import Reader
+from twisted_rfwd.protocol.wire import Reader
 
 __all__ = ["PublicKeyAuth", "signature_algorithm"]
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 from twisted.conch.ssh.keys import Key
 
-from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, MACS
-from twisted_rfwd.limits import DEFAULT_REKEY_BYTES, DEFAULT_REKEY_SECONDS
-from twisted_rfwd.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
-from twisted_rfwd.policy import GatewayPorts, ListenPolicy
+from twisted_rfwd.protocol.algorithms import CIPHERS, KEY_EXCHANGES, MACS
+from twisted_rfwd.protocol.policy import GatewayPorts, ListenPolicy
+from twisted_rfwd.protocol.units import DEFAULT_REKEY_BYTES, DEFAULT_REKEY_SECONDS
+from twisted_rfwd.ssh.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
 
 __all__ = ["ServerConfig"]
 

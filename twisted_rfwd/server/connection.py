@@ -9,17 +9,17 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 
-from twisted_rfwd import wire
-from twisted_rfwd.channel import Channel
 from twisted_rfwd.errors import ChannelOpenFailed
-from twisted_rfwd.log_budget import LogBudget
-from twisted_rfwd.mux import ChannelMux
-from twisted_rfwd.policy import listen_addresses, privileged_port_refusal
+from twisted_rfwd.protocol import wire
+from twisted_rfwd.protocol.messages import loggable
+from twisted_rfwd.protocol.policy import listen_addresses, privileged_port_refusal
 from twisted_rfwd.server.auth import LoginIdentity
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.descriptors import DescriptorBudget, ForwardCounts
 from twisted_rfwd.server.listeners import BindError, ForwardListener, PortBinder, bind_forward
-from twisted_rfwd.transport_messages import loggable
+from twisted_rfwd.ssh.channel import Channel
+from twisted_rfwd.ssh.log_budget import LogBudget
+from twisted_rfwd.ssh.mux import ChannelMux
 
 __all__ = ["ForwardingServerConnection"]
 

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_rfwd.errors import RemoteProtocolError
+from twisted_rfwd.protocol.messages import loggable
 from twisted_rfwd.server.admission import DROP_MESSAGE, Startup, StartupGate, ThrottledLog
 from twisted_rfwd.server.auth import (
     AuthorizedKeysChecker,
@@ -43,8 +44,7 @@ from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.connection import ForwardingServerConnection
 from twisted_rfwd.server.descriptors import DescriptorBudget, ForwardCounts
 from twisted_rfwd.server.listeners import PortBinder, SocketBinder
-from twisted_rfwd.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
-from twisted_rfwd.transport_messages import loggable
+from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
 
 __all__ = ["ForwardingServerFactory", "ServerTransport"]
 

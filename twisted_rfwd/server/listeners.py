@@ -19,16 +19,16 @@ from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from twisted_rfwd._address import describe_address, host_port
-from twisted_rfwd.channel import Channel
 from twisted_rfwd.errors import RfwdError
-from twisted_rfwd.policy import is_ip_literal
-from twisted_rfwd.relay import ChannelRelay
-from twisted_rfwd.wire import ForwardedTcpip
+from twisted_rfwd.protocol.addresses import describe_address, host_port
+from twisted_rfwd.protocol.policy import is_ip_literal
+from twisted_rfwd.protocol.wire import ForwardedTcpip
+from twisted_rfwd.ssh.channel import Channel
+from twisted_rfwd.ssh.relay import ChannelRelay
 
 if TYPE_CHECKING:
-    from twisted_rfwd.mux import ChannelMux
     from twisted_rfwd.server.descriptors import DescriptorBudget
+    from twisted_rfwd.ssh.mux import ChannelMux
 
 __all__ = ["BindError", "ForwardListener", "PortBinder", "SocketBinder", "bind_forward"]
 

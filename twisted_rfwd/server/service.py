@@ -13,9 +13,9 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_rfwd._address import describe_address
-from twisted_rfwd.fingerprint import fingerprint
+from twisted_rfwd.protocol.addresses import describe_address
 from twisted_rfwd.server.factory import ForwardingServerFactory
+from twisted_rfwd.ssh.fingerprint import fingerprint
 
 __all__ = ["ServerService"]
 

@@ -11,7 +11,6 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, MACS, choose
 from twisted_rfwd.allocator import tune_allocator
 from twisted_rfwd.client.config import ClientConfig, HostKeyPolicy, SSHOptions
 from twisted_rfwd.client.identity import (
@@ -23,8 +22,9 @@ from twisted_rfwd.client.identity import (
 )
 from twisted_rfwd.client.service import TunnelService
 from twisted_rfwd.errors import ConfigError, KeyLoadError
-from twisted_rfwd.limits import parse_duration, parse_rekey_limit
-from twisted_rfwd.spec import parse_remote_forward
+from twisted_rfwd.protocol.algorithms import CIPHERS, KEY_EXCHANGES, MACS, choose
+from twisted_rfwd.protocol.spec import parse_remote_forward
+from twisted_rfwd.protocol.units import parse_duration, parse_rekey_limit
 from twisted_rfwd.tap._exit import ExitStatus
 from twisted_rfwd.tap.logs import LoggedService, LogOptions
 

@@ -12,11 +12,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, MACS, choose
 from twisted_rfwd.allocator import tune_allocator
 from twisted_rfwd.errors import ConfigError
-from twisted_rfwd.limits import parse_duration, parse_rekey_limit
-from twisted_rfwd.policy import GatewayPorts, ListenPolicy
+from twisted_rfwd.protocol.algorithms import CIPHERS, KEY_EXCHANGES, MACS, choose
+from twisted_rfwd.protocol.policy import GatewayPorts, ListenPolicy
+from twisted_rfwd.protocol.units import parse_duration, parse_rekey_limit
 from twisted_rfwd.server.admission import MaxStartups, parse_per_source_max_startups
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.descriptors import raise_nofile_limit

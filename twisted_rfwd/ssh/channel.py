@@ -1,7 +1,7 @@
 """
 One SSH channel carrying one TCP connection: flow control both ways and half-close.
 
-A L{Channel} sits between the multiplexer (L{twisted_rfwd.mux.ChannelMux}), which feeds it
+A L{Channel} sits between the multiplexer (L{twisted_rfwd.ssh.mux.ChannelMux}), which feeds it
 messages from the peer, and a local stream transport (the forwarded TCP socket), attached with
 L{Channel.attach}.  The two are each other's producers, as in Twisted's C{portforward}:
 
@@ -24,11 +24,11 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_rfwd.outcome import Outcome
-from twisted_rfwd.window import ReceiveWindow
+from twisted_rfwd.protocol.window import ReceiveWindow
+from twisted_rfwd.ssh.outcome import Outcome
 
 if TYPE_CHECKING:
-    from twisted_rfwd.mux import ChannelMux
+    from twisted_rfwd.ssh.mux import ChannelMux
 
 __all__ = ["PACKETS_PER_TURN", "Channel", "LocalStream"]
 

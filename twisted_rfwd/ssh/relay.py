@@ -3,7 +3,7 @@ The TCP side of a forwarded connection, the same at both ends.
 
 A L{ChannelRelay} is the protocol of the forwarded socket: the server's accepted connection, or
 the client's connection to the destination.  It passes everything to its L{Channel}, which does
-flow control and half-close; see L{twisted_rfwd.channel}.
+flow control and half-close; see L{twisted_rfwd.ssh.channel}.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_rfwd.channel import Channel
-from twisted_rfwd.transport import set_tcp_nodelay
+from twisted_rfwd.ssh.channel import Channel
+from twisted_rfwd.ssh.transport import set_tcp_nodelay
 
 __all__ = ["ChannelRelay"]
 

@@ -12,7 +12,7 @@ written, and the count becomes a single line once the budget refills or the conn
 Example, in a connection's code::
 
     from twisted.logger import Logger, LogLevel
-    from twisted_rfwd.log_budget import LogBudget
+    from twisted_rfwd.ssh.log_budget import LogBudget
 
     _log = Logger()
 

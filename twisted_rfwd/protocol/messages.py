@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted_rfwd import phases
 from twisted_rfwd.errors import MalformedPacket
-from twisted_rfwd.wire import Reader
+from twisted_rfwd.protocol import phases
+from twisted_rfwd.protocol.wire import Reader
 
 __all__ = ["check_shape", "loggable"]
 
@@ -163,7 +163,7 @@ _CLIENT_CHECKS: dict[int, Callable[[bytes], None]] = {
 def check_shape(side: phases.Side, message: int, payload: bytes) -> None:
     """
     Raise L{MalformedPacket} if C{payload} cannot be a C{message} that this side receives.
-    Connection-protocol messages are parsed by our own L{twisted_rfwd.wire} and pass here.
+    Connection-protocol messages are parsed by our own L{twisted_rfwd.protocol.wire} and pass here.
     """
     checks = _SERVER_CHECKS if side is phases.Side.SERVER else _CLIENT_CHECKS
     check = checks.get(message)

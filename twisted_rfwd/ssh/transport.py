@@ -3,9 +3,9 @@ What both ends change in Conch's SSH transport: the packet layer, the algorithms
 socket options, and how a peer's garbage is handled.
 
 Conch keeps doing key exchange, host-key signatures and key derivation.  The binary packet layer
-is ours (L{twisted_rfwd.ciphers}), for three reasons: AEAD ciphers and encrypt-then-MAC, which
-Conch lacks; strict key exchange (OpenSSH's Terrapin fix), which they require; and a receive path
-that neither re-copies its buffer per packet nor concatenates what it sends.
+is ours (L{twisted_rfwd.protocol.ciphers}), for three reasons: AEAD ciphers and encrypt-then-MAC,
+which Conch lacks; strict key exchange (OpenSSH's Terrapin fix), which they require; and a receive
+path that neither re-copies its buffer per packet nor concatenates what it sends.
 """
 
 from __future__ import annotations
@@ -20,16 +20,18 @@ from twisted.conch.ssh.transport import (
     DISCONNECT_PROTOCOL_VERSION_NOT_SUPPORTED,
     MSG_DISCONNECT,
     MSG_NEWKEYS,
+    SSHTransportBase,
 )
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.logger import Logger
 
-from twisted_rfwd._address import describe_address
 from twisted_rfwd._version import __version__
-from twisted_rfwd.algorithms import CIPHERS, KEY_EXCHANGES, PUBLIC_KEY_ALGORITHMS
-from twisted_rfwd.algorithms import MACS as MACS_OFFERED
-from twisted_rfwd.ciphers import (
+from twisted_rfwd.errors import MalformedPacket, RemoteProtocolError
+from twisted_rfwd.protocol.addresses import describe_address
+from twisted_rfwd.protocol.algorithms import CIPHERS, KEY_EXCHANGES, PUBLIC_KEY_ALGORITHMS
+from twisted_rfwd.protocol.algorithms import MACS as MACS_OFFERED
+from twisted_rfwd.protocol.ciphers import (
     AEAD_CIPHERS,
     MACS,
     Opener,
@@ -39,9 +41,8 @@ from twisted_rfwd.ciphers import (
     make_opener,
     make_sealer,
 )
-from twisted_rfwd.errors import MalformedPacket, RemoteProtocolError
-from twisted_rfwd.limits import DEFAULT_REKEY_BYTES, DEFAULT_REKEY_SECONDS
-from twisted_rfwd.phases import (
+from twisted_rfwd.protocol.messages import check_shape
+from twisted_rfwd.protocol.phases import (
     MSG_KEX_ECDH_REPLY,
     MSG_USERAUTH_REQUEST,
     KexStage,
@@ -50,8 +51,8 @@ from twisted_rfwd.phases import (
     accepted_messages,
     refusal,
 )
-from twisted_rfwd.transport_messages import check_shape
-from twisted_rfwd.wire import MSG_CHANNEL_DATA, Reader, pack_string
+from twisted_rfwd.protocol.units import DEFAULT_REKEY_BYTES, DEFAULT_REKEY_SECONDS
+from twisted_rfwd.protocol.wire import MSG_CHANNEL_DATA, Reader, pack_string
 
 __all__ = [
     "CIPHERS",
@@ -62,6 +63,11 @@ __all__ = [
     "TransportMixin",
     "set_tcp_nodelay",
 ]
+
+# Every key exchange we offer is one Conch implements (curve25519 needs a recent cryptography).
+_MISSING = set(KEY_EXCHANGES) - set(SSHTransportBase.supportedKeyExchanges)
+if _MISSING:  # pragma: no cover - an installation problem, not a code path
+    raise ImportError(f"Conch lacks key exchanges {sorted(_MISSING)}: upgrade cryptography")
 
 # Not "OpenSSH_*": OpenSSH peers change their behaviour by the banner they see.
 VERSION_STRING = f"SSH-2.0-rfwd_{__version__}".encode("ascii")
@@ -425,7 +431,7 @@ class TransportMixin:
                 self._set_peer_kex(KexStage.KEYED)
         self.dispatchMessage(message, payload)  # type: ignore[attr-defined]
 
-    # -- phases (see twisted_rfwd.phases) ---------------------------------------------------
+    # -- phases (see twisted_rfwd.protocol.phases) -------------------------------------------
 
     def _phase(self) -> Phase:
         if self._initial_kex:

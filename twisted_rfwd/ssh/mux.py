@@ -28,9 +28,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_rfwd import wire
-from twisted_rfwd._address import describe_address
-from twisted_rfwd.channel import Channel
 from twisted_rfwd.errors import (
     ChannelOpenFailed,
     ConnectionClosed,
@@ -38,9 +35,12 @@ from twisted_rfwd.errors import (
     RemoteProtocolError,
     RfwdError,
 )
-from twisted_rfwd.keepalive import KeepAlive
-from twisted_rfwd.outcome import Outcome
-from twisted_rfwd.window import ReceiveWindow
+from twisted_rfwd.protocol import wire
+from twisted_rfwd.protocol.addresses import describe_address
+from twisted_rfwd.protocol.window import ReceiveWindow
+from twisted_rfwd.ssh.channel import Channel
+from twisted_rfwd.ssh.keepalive import KeepAlive
+from twisted_rfwd.ssh.outcome import Outcome
 
 if TYPE_CHECKING:
     from twisted.conch.ssh.transport import SSHTransportBase

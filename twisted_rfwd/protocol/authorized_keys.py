@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from twisted.conch.ssh.keys import BadKeyError, Key
 
 from twisted_rfwd.errors import ConfigError
-from twisted_rfwd.policy import ListenPermission, parse_listen_permission
+from twisted_rfwd.protocol.policy import ListenPermission, parse_listen_permission
 
 __all__ = ["AuthorizedKey", "KeyOptions", "matches_from", "parse_authorized_keys"]
 
