@@ -24,7 +24,6 @@ from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
 from twisted.conch.ssh.userauth import (
     MSG_USERAUTH_FAILURE,
     MSG_USERAUTH_PK_OK,
-    MSG_USERAUTH_REQUEST,
     SSHUserAuthServer,
 )
 from twisted.cred.checkers import ICredentialsChecker
@@ -47,6 +46,7 @@ from twisted_rfwd.protocol.authorized_keys import (
     parse_authorized_keys,
 )
 from twisted_rfwd.protocol.messages import loggable
+from twisted_rfwd.protocol.userauth import publickey_signed_data
 from twisted_rfwd.protocol.wire import Reader
 from twisted_rfwd.ssh.fingerprint import fingerprint
 from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
@@ -309,15 +309,12 @@ class ServerUserAuth(SSHUserAuthServer):
         signed_data = None
         if has_signature:
             assert self.transport.sessionID is not None
-            signed_data = (
-                NS(self.transport.sessionID)
-                + bytes((MSG_USERAUTH_REQUEST,))
-                + NS(self.user or b"")
-                + NS(self.nextService or b"")
-                + NS(b"publickey")
-                + b"\x01"
-                + NS(algorithm)
-                + NS(blob)
+            signed_data = publickey_signed_data(
+                self.transport.sessionID,
+                self.user or b"",
+                self.nextService or b"",
+                algorithm,
+                blob,
             )
         try:
             Key.fromString(blob)
