@@ -13,13 +13,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.conch.ssh.keys import Key
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from twisted_rfwd.protocol.authorized_keys import (
+from twisted_rfwd.protocol.policy import ListenPermission
+from twisted_rfwd.server.authorized_keys import (
     AuthorizedKey,
     KeyOptions,
     matches_from,
     parse_authorized_keys,
 )
-from twisted_rfwd.protocol.policy import ListenPermission
 
 PATH = "/home/u/.ssh/authorized_keys"
 

@@ -1,6 +1,7 @@
 """
-OpenSSH C{authorized_keys} files: parsing lines with their options, and the options that matter
-to a forwarding server (C{restrict}, C{no-port-forwarding}, C{port-forwarding},
+OpenSSH C{authorized_keys} files: parsing lines with their options (pure: the key itself stays
+bytes here; L{twisted_rfwd.server.authorized_keys} turns it into a key), and the options that
+matter to a forwarding server (C{restrict}, C{no-port-forwarding}, C{port-forwarding},
 C{permitlisten}, C{from}, C{expiry-time}).
 
 Options that restrict things this server never offers (C{no-pty}, C{command}, ...) are accepted
@@ -14,19 +15,18 @@ here: it is left out with a warning, once per reading of the file.
 from __future__ import annotations
 
 import base64
+import binascii
 import fnmatch
 import ipaddress
-import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from twisted.conch.ssh.keys import BadKeyError, Key
-
-from twisted_rfwd.errors import ConfigError
+from twisted_rfwd.errors import ConfigError, MalformedPacket
 from twisted_rfwd.protocol.policy import ListenPermission, parse_listen_permission
+from twisted_rfwd.protocol.wire import Reader
 
-__all__ = ["AuthorizedKey", "KeyOptions", "matches_from", "parse_authorized_keys"]
+__all__ = ["AuthorizedLine", "KeyOptions", "matches_from", "parse_authorized_lines"]
 
 _KEY_TYPES = {
     "ssh-ed25519",
@@ -79,41 +79,47 @@ class KeyOptions:
 
 
 @dataclass(frozen=True)
-class AuthorizedKey:
-    key: Key = field(compare=False)
+class AuthorizedLine:
+    """One usable line: the key's type and wire blob, its options, and where it was."""
+
+    key_type: str
+    blob: bytes
     options: KeyOptions
     source: str
+    number: int
 
     def matches(self, blob: bytes) -> bool:
         """Whether a plain public key (its blob) is this line's key; never for a CA's line."""
-        return not self.options.cert_authority and bool(self.key.blob() == blob)
+        return not self.options.cert_authority and self.blob == blob
 
 
-def parse_authorized_keys(text: bytes, path: str) -> tuple[list[AuthorizedKey], list[str]]:
+def parse_authorized_lines(
+    text: bytes, path: str
+) -> tuple[list[AuthorizedLine], list[tuple[int, str]]]:
     """
-    Parse a whole file.  Returns the usable keys and, for every line that is not usable,
-    a warning of the form C{path line N: reason}.
+    Parse a whole file.  Returns the usable lines and, for every line that is not usable, its
+    number and a warning of the form C{path line N: reason}.
     """
-    keys: list[AuthorizedKey] = []
-    warnings: list[str] = []
+    keys: list[AuthorizedLine] = []
+    warnings: list[tuple[int, str]] = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith(b"#"):
             continue
         where = f"{path} line {number}"
         try:
-            entry = _parse_line(line.decode("utf-8"), where)
+            entry = _parse_line(line.decode("utf-8"), where, number)
         except (ConfigError, UnicodeDecodeError, ValueError) as e:
-            warnings.append(f"{where}: {e}")
+            warnings.append((number, f"{where}: {e}"))
             continue
         if entry.options.cert_authority:
-            warnings.append(f"{where}: {_CERT_AUTHORITY_UNUSED}")
+            warnings.append((number, f"{where}: {_CERT_AUTHORITY_UNUSED}"))
             continue
         keys.append(entry)
     return keys, warnings
 
 
-def _parse_line(line: str, where: str) -> AuthorizedKey:
+def _parse_line(line: str, where: str, number: int) -> AuthorizedLine:
     first = line.split(None, 1)[0]
     options = KeyOptions()
     if first not in _KEY_TYPES and not first.endswith("-cert-v01@openssh.com"):
@@ -123,15 +129,13 @@ def _parse_line(line: str, where: str) -> AuthorizedKey:
     if len(fields) < 2:
         raise ConfigError("expected 'keytype base64-key [comment]'")
     try:
-        key = Key.fromString(f"{fields[0]} {fields[1]}".encode("ascii"))
-        blob = base64.decodebytes(fields[1].encode("ascii"))
-    except (BadKeyError, ValueError, UnicodeEncodeError, struct.error) as e:
+        blob = base64.b64decode(fields[1].encode("ascii"), validate=True)
+        stated = Reader(blob, "key").string()
+    except (binascii.Error, ValueError, UnicodeEncodeError, MalformedPacket) as e:
         raise ConfigError(f"unusable key: {e}") from None
-    # Conch ignores the stated type and reads lengths leniently (a truncated RSA modulus parses
-    # as a different, shorter one), so insist the key says what the line says, byte for byte.
-    if key.sshType() != fields[0].encode("ascii") or key.blob() != blob:
+    if stated != fields[0].encode("ascii"):
         raise ConfigError(f"unusable key: the {fields[0]} key data is corrupt")
-    return AuthorizedKey(key, options, where)
+    return AuthorizedLine(fields[0], blob, options, where, number)
 
 
 def _split_options(line: str) -> tuple[str, str]:

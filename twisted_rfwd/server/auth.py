@@ -39,15 +39,15 @@ from zope.interface import implementer
 
 from twisted_rfwd.errors import RemoteProtocolError
 from twisted_rfwd.protocol.addresses import describe_address
-from twisted_rfwd.protocol.authorized_keys import (
+from twisted_rfwd.protocol.messages import loggable
+from twisted_rfwd.protocol.userauth import publickey_signed_data
+from twisted_rfwd.protocol.wire import Reader
+from twisted_rfwd.server.authorized_keys import (
     AuthorizedKey,
     KeyOptions,
     matches_from,
     parse_authorized_keys,
 )
-from twisted_rfwd.protocol.messages import loggable
-from twisted_rfwd.protocol.userauth import publickey_signed_data
-from twisted_rfwd.protocol.wire import Reader
 from twisted_rfwd.ssh.fingerprint import fingerprint
 from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
 
