@@ -14,10 +14,8 @@ from enum import Enum
 
 from twisted_rfwd.client.identity import Identity
 from twisted_rfwd.errors import ConfigError
-from twisted_rfwd.protocol.algorithms import CIPHERS, KEY_EXCHANGES, MACS
+from twisted_rfwd.protocol.settings import SharedSettings
 from twisted_rfwd.protocol.spec import RemoteForward
-from twisted_rfwd.protocol.units import DEFAULT_REKEY_BYTES, DEFAULT_REKEY_SECONDS
-from twisted_rfwd.ssh.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
 
 __all__ = ["ClientConfig", "HostKeyPolicy", "SSHOptions"]
 
@@ -42,7 +40,7 @@ class HostKeyPolicy(Enum):
 
 
 @dataclass
-class ClientConfig:
+class ClientConfig(SharedSettings):
     """
     One client's settings.  C{identities} are loaded keys; C{known_hosts} the files checked,
     the first of which receives keys added under C{accept-new}.
@@ -68,18 +66,10 @@ class ClientConfig:
     connect_timeout: float = 30.0
     server_alive_interval: float = 15.0
     server_alive_count_max: int = 3
-    rekey_bytes: int | None = DEFAULT_REKEY_BYTES
-    rekey_seconds: float | None = DEFAULT_REKEY_SECONDS
     reconnect: bool = True
     reconnect_initial_delay: float = 1.0
     reconnect_max_delay: float = 60.0
-    drain_time: float = 10.0
     status_file: str | None = None
-    window_size: int = DEFAULT_WINDOW
-    max_packet: int = DEFAULT_MAX_PACKET
-    ciphers: list[bytes] = field(default_factory=lambda: list(CIPHERS))
-    macs: list[bytes] = field(default_factory=lambda: list(MACS))
-    kex_algorithms: list[bytes] = field(default_factory=lambda: list(KEY_EXCHANGES))
 
 
 # OpenSSH spelling of each option we understand, by lower-case name.

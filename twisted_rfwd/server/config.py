@@ -6,16 +6,14 @@ from dataclasses import dataclass, field
 
 from twisted.conch.ssh.keys import Key
 
-from twisted_rfwd.protocol.algorithms import CIPHERS, KEY_EXCHANGES, MACS
 from twisted_rfwd.protocol.policy import GatewayPorts, ListenPolicy
-from twisted_rfwd.protocol.units import DEFAULT_REKEY_BYTES, DEFAULT_REKEY_SECONDS
-from twisted_rfwd.ssh.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
+from twisted_rfwd.protocol.settings import SharedSettings
 
 __all__ = ["ServerConfig"]
 
 
 @dataclass
-class ServerConfig:
+class ServerConfig(SharedSettings):
     """
     Server settings, named after their sshd_config counterparts where one exists.
 
@@ -41,11 +39,3 @@ class ServerConfig:
     max_channels_per_connection: int = 16384
     client_alive_interval: float = 15.0
     client_alive_count_max: int = 3
-    rekey_bytes: int | None = DEFAULT_REKEY_BYTES
-    rekey_seconds: float | None = DEFAULT_REKEY_SECONDS
-    drain_time: float = 10.0
-    window_size: int = DEFAULT_WINDOW
-    max_packet: int = DEFAULT_MAX_PACKET
-    ciphers: list[bytes] = field(default_factory=lambda: list(CIPHERS))
-    macs: list[bytes] = field(default_factory=lambda: list(MACS))
-    kex_algorithms: list[bytes] = field(default_factory=lambda: list(KEY_EXCHANGES))
