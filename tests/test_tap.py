@@ -9,10 +9,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.keys import new_key, write_private_key
 from twisted_rfwd.client.config import ClientConfig, HostKeyPolicy
+from twisted_rfwd.errors import ConfigError
 from twisted_rfwd.protocol.policy import GatewayPorts
 from twisted_rfwd.protocol.spec import RemoteForward
 from twisted_rfwd.tap import client as client_tap
 from twisted_rfwd.tap import server as server_tap
+from twisted_rfwd.tap.parsing import seconds
 
 
 class ClientOptionsTests(SynchronousTestCase):
@@ -133,3 +135,19 @@ class ServerOptionsTests(SynchronousTestCase):
             usage.UsageError, options.parseOptions, ["--gateway-ports", "sometimes"]
         )
         self.assertIn("GatewayPorts must be", str(error))
+
+
+class SharedParsingTests(SynchronousTestCase):
+    def test_times_read_the_same_on_both_ends(self) -> None:
+        """C{--drain-time} takes seconds (C{2.5}) and OpenSSH times (C{1m}) on both plugins."""
+        self.assertEqual(seconds("2.5", "t"), 2.5)
+        self.assertEqual(seconds("1m30s", "t"), 90.0)
+        for bad in ("-1", "soon", "nan", "inf"):
+            self.assertRaises(ConfigError, seconds, bad, "t")
+        server = server_tap.Options()
+        server.parseOptions(["--drain-time", "1m"])
+        self.assertEqual(server["timing"]["drain_time"], 60.0)
+        key = write_private_key(new_key(), Path(self.mktemp()))
+        client = client_tap.Options()
+        client.parseOptions(["-i", str(key), "--drain-time", "1m", "-R", "1:h:2", "host"])
+        self.assertEqual(client["config"].drain_time, 60.0)

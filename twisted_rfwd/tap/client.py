@@ -22,9 +22,9 @@ from twisted_rfwd.client.identity import (
 )
 from twisted_rfwd.client.service import TunnelService
 from twisted_rfwd.errors import ConfigError, KeyLoadError
-from twisted_rfwd.protocol.algorithms import CIPHERS, KEY_EXCHANGES, MACS, choose
 from twisted_rfwd.protocol.spec import parse_remote_forward
 from twisted_rfwd.protocol.units import parse_duration, parse_rekey_limit
+from twisted_rfwd.tap import parsing
 from twisted_rfwd.tap._exit import ExitStatus
 from twisted_rfwd.tap.logs import LoggedService, LogOptions
 
@@ -119,7 +119,7 @@ def build_config(options: Options) -> ClientConfig:
     forwards += [parse_remote_forward(_config_forward(v)) for v in o.get_all("RemoteForward")]
     if not forwards:
         raise ConfigError("nothing to forward: give at least one -R")
-    port = _port(options["port"]) if options["port"] else o.number("Port", 1, 65535) or 22
+    port = parsing.port(options["port"]) if options["port"] else o.number("Port", 1, 65535) or 22
     user = options["login"] or user_part or o.get("User") or getpass.getuser()
     timeout = o.number("ConnectTimeout", 1, 86400)
     known = o.get("UserKnownHostsFile")
@@ -143,9 +143,12 @@ def build_config(options: Options) -> ClientConfig:
         exit_on_forward_failure=bool(o.flag("ExitOnForwardFailure")),
         status_file=options["status-file"],
         reconnect=not options["no-reconnect"],
-        reconnect_initial_delay=_seconds(options["reconnect-delay"], "--reconnect-delay"),
-        reconnect_max_delay=_seconds(options["reconnect-max-delay"], "--reconnect-max-delay"),
-        drain_time=_seconds(options["drain-time"], "--drain-time"),
+        reconnect_initial_delay=parsing.seconds(options["reconnect-delay"], "--reconnect-delay"),
+        reconnect_max_delay=parsing.seconds(
+            options["reconnect-max-delay"], "--reconnect-max-delay"
+        ),
+        drain_time=parsing.seconds(options["drain-time"], "--drain-time"),
+        **parsing.algorithms(lambda name, _: o.get(name)),
     )
     if timeout:
         config.connect_timeout = float(timeout)
@@ -160,31 +163,7 @@ def build_config(options: Options) -> ClientConfig:
         config.rekey_bytes, config.rekey_seconds = parse_rekey_limit(rekey)
     if known:
         config.known_hosts = [os.path.expanduser(p) for p in known.split()]
-    for option, field_name, default in (
-        ("Ciphers", "ciphers", CIPHERS),
-        ("MACs", "macs", MACS),
-        ("KexAlgorithms", "kex_algorithms", KEY_EXCHANGES),
-    ):
-        value = o.get(option)
-        if value is not None:
-            setattr(config, field_name, choose(option, value, default))
     return config
-
-
-def _seconds(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{what} must be a number of seconds, not '{text}'") from None
-    if value < 0:
-        raise ConfigError(f"{what} must not be negative")
-    return value
-
-
-def _port(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
-        raise ConfigError(f"bad port '{text}'")
-    return int(text)
 
 
 def _config_forward(value: str) -> str:

@@ -14,15 +14,15 @@ from twisted.python import usage
 
 from twisted_rfwd.allocator import tune_allocator
 from twisted_rfwd.errors import ConfigError
-from twisted_rfwd.protocol.algorithms import CIPHERS, KEY_EXCHANGES, MACS, choose
 from twisted_rfwd.protocol.policy import GatewayPorts, ListenPolicy
-from twisted_rfwd.protocol.units import parse_duration, parse_rekey_limit
+from twisted_rfwd.protocol.units import parse_rekey_limit
 from twisted_rfwd.server.admission import MaxStartups, parse_per_source_max_startups
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.descriptors import raise_nofile_limit
 from twisted_rfwd.server.factory import ForwardingServerFactory
 from twisted_rfwd.server.host_keys import default_state_directory, ensure_host_key, load_host_key
 from twisted_rfwd.server.service import ServerService
+from twisted_rfwd.tap import parsing
 from twisted_rfwd.tap._exit import ExitStatus
 from twisted_rfwd.tap.logs import LoggedService, LogOptions
 
@@ -119,25 +119,19 @@ class Options(LogOptions):
             self["gateway-ports-policy"] = GatewayPorts.parse(self["gateway-ports"])
             self["permit-listen-policy"] = ListenPolicy.parse([self["permit-listen"]])
             self["timing"] = {
-                "client_alive_interval": parse_duration(
+                "client_alive_interval": parsing.seconds(
                     self["client-alive-interval"], "--client-alive-interval"
                 ),
-                "client_alive_count_max": _count(self["client-alive-count-max"]),
-                "login_grace_time": parse_duration(self["login-grace-time"], "--login-grace-time"),
-                "drain_time": parse_duration(self["drain-time"], "--drain-time"),
+                "client_alive_count_max": parsing.count(
+                    self["client-alive-count-max"], "--client-alive-count-max"
+                ),
+                "login_grace_time": parsing.seconds(self["login-grace-time"], "--login-grace-time"),
+                "drain_time": parsing.seconds(self["drain-time"], "--drain-time"),
             }
             rekey_bytes, rekey_seconds = parse_rekey_limit(self["rekey-limit"])
             self["timing"]["rekey_bytes"] = rekey_bytes
             self["timing"]["rekey_seconds"] = rekey_seconds
-            self["algorithms"] = {
-                field: choose(option, self[name], default)
-                for name, option, field, default in (
-                    ("ciphers", "Ciphers", "ciphers", CIPHERS),
-                    ("macs", "MACs", "macs", MACS),
-                    ("kex-algorithms", "KexAlgorithms", "kex_algorithms", KEY_EXCHANGES),
-                )
-                if self[name] is not None
-            }
+            self["algorithms"] = parsing.algorithms(lambda _, field: self[field.replace("_", "-")])
             self["limits"] = _limits(self)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
@@ -146,17 +140,8 @@ class Options(LogOptions):
 _log = Logger()
 
 
-def _count(text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise ConfigError(f"--client-alive-count-max must be a number, not '{text}'")
-    return int(text)
-
-
 def _positive(options: usage.Options, name: str) -> int:
-    text = options[name]
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise ConfigError(f"--{name} must be a positive number, not '{text}'")
-    return int(text)
+    return parsing.positive(options[name], f"--{name}")
 
 
 def _limits(options: usage.Options) -> dict[str, Any]:
