@@ -9,8 +9,6 @@ L{tests.test_memory_forwarding}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
-
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
@@ -20,11 +18,9 @@ from zope.interface import implementer
 
 from tests.support.streams import FakeStream
 from twisted_rfwd.errors import ChannelOpenFailed, ConnectionClosed, RemoteProtocolError
+from twisted_rfwd.protocol.channel_state import ChannelState, ReceiveState, SendState
 from twisted_rfwd.protocol.window import ReceiveWindow
-from twisted_rfwd.ssh.channel import PACKETS_PER_TURN, Channel
-
-if TYPE_CHECKING:
-    from twisted_rfwd.ssh.mux import ChannelMux
+from twisted_rfwd.ssh.channel import PACKETS_PER_TURN, Channel, IChannelOwner
 
 LOCAL_ID = 7
 REMOTE_ID = 42
@@ -32,6 +28,7 @@ REMOTE_ID = 42
 Event = tuple[object, ...]
 
 
+@implementer(IChannelOwner)
 class FakeMux:
     """Records what the channel asks the multiplexer to send, in order, in C{events}."""
 
@@ -41,7 +38,7 @@ class FakeMux:
         self.clock = Clock()
         self.packets_per_call: list[int] = []
 
-    def send_data(self, recipient: int, data: bytes, max_packet: int) -> None:
+    def send_data(self, recipient: int, data: bytes | memoryview, max_packet: int) -> None:
         # The multiplexer sends one packet per max_packet bytes; record each, as bytes (the
         # channel may pass a view into the chunk it read).
         self.packets_per_call.append(-(-len(data) // max_packet))
@@ -133,7 +130,7 @@ class ChannelTestCase(SynchronousTestCase):
 
     def make(self, window: int = 1000, max_packet: int = 100) -> tuple[Channel, FakeMux]:
         mux = FakeMux()
-        channel = Channel(cast("ChannelMux", mux), LOCAL_ID, ReceiveWindow(window, max_packet))
+        channel = Channel(mux, LOCAL_ID, ReceiveWindow(window, max_packet))
         return channel, mux
 
     def attach(self, channel: Channel, high_water: int = 64 * 1024) -> RecordingStream:
@@ -611,3 +608,68 @@ class DroppedDataTests(ChannelTestCase):
         self.assertEqual(stream.written, b"")
         self.assertEqual(channel.bytes_received, 0)
         self.assertRaises(RemoteProtocolError, channel.data_received, b"y" * 51)
+
+
+class StateTests(ChannelTestCase):
+    """The channel's states, as L{twisted_rfwd.protocol.channel_state} names them."""
+
+    def states(self, channel: Channel) -> tuple[ChannelState, SendState, ReceiveState]:
+        return channel.state, channel.send_state, channel.receive_state
+
+    def test_states_through_a_half_close(self) -> None:
+        """Open; EOF pending behind held data, then sent; the peer's EOF; CLOSE both ways."""
+        channel, mux = self.make()
+        self.assertEqual(
+            self.states(channel), (ChannelState.OPENING, SendState.OPEN, ReceiveState.OPEN)
+        )
+        self.attach(channel)
+        channel.opened(REMOTE_ID, 5, 100)
+        channel.write(b"0123456789")
+        channel.write_eof()
+        self.assertEqual(channel.send_state, SendState.EOF_PENDING)
+        channel.window_adjusted(5)
+        self.assertEqual(channel.send_state, SendState.EOF_SENT)
+        self.assertTrue(channel.eof_sent)
+        channel.eof_received_from_peer()
+        self.assertEqual(
+            self.states(channel),
+            (ChannelState.CLOSE_SENT, SendState.EOF_SENT, ReceiveState.FINISHED),
+        )
+        self.assertTrue(channel.eof_received)
+        channel.close_received_from_peer()
+        self.assertEqual(channel.state, ChannelState.CLOSED)
+        self.assertEqual(mux.kinds("eof", "close", "release"), ["eof", "close", "release"])
+
+    def test_second_close_from_peer_is_its_error(self) -> None:
+        """A CLOSE from the peer on a channel already closed both ways raises, sending nothing."""
+        channel, mux, _ = self.open_attached()
+        channel.close_received_from_peer()
+        sent = list(mux.events)
+        error = self.assertRaises(RemoteProtocolError, channel.close_received_from_peer)
+        self.assertEqual(
+            str(error), "CHANNEL_CLOSE from the peer is not allowed when the channel is closed"
+        )
+        self.assertEqual(mux.events, sent)
+
+    def test_connection_lost_before_open_fails_the_channel(self) -> None:
+        """The connection ending before the confirmation: FAILED, never open, nothing sent."""
+        channel, mux = self.make()
+        self.attach(channel)
+        channel.connection_lost(Failure(ConnectionClosed("gone")))
+        self.assertEqual(channel.state, ChannelState.FAILED)
+        self.assertFalse(channel.is_open)
+        self.assertEqual(mux.events, [("release", LOCAL_ID)])
+
+    def test_refused_confirmation_discards_pending_eof(self) -> None:
+        """close_unused drops waiting data and a pending EOF: only CLOSE goes out."""
+        channel, mux = self.make()
+        stream = self.attach(channel)
+        channel.write(b"waiting")
+        channel.write_eof()
+        self.assertEqual(channel.send_state, SendState.EOF_PENDING)
+        channel.close_unused(REMOTE_ID, Failure(ConnectionClosed("refused")))
+        self.assertEqual(channel.send_state, SendState.DISCARDED)
+        self.assertEqual(mux.events, [("close", REMOTE_ID)])
+        self.assertFalse(channel.eof_sent)
+        self.assertTrue(stream.closed)
+        self.failureResultOf(channel.when_opened(), ConnectionClosed)

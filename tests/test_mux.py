@@ -8,22 +8,22 @@ L{tests.test_memory_forwarding}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from tests.support.streams import FakeStream
 from twisted_rfwd.errors import ChannelOpenFailed, ConnectionClosed
 from twisted_rfwd.protocol import wire
 from twisted_rfwd.ssh.channel import Channel
+from twisted_rfwd.ssh.interfaces import ISSHTransport
 from twisted_rfwd.ssh.mux import DEFAULT_MAX_PACKET, DEFAULT_WINDOW, ChannelMux, GlobalRequestFailed
-
-if TYPE_CHECKING:
-    from twisted.conch.ssh.transport import SSHTransportBase
 
 DISCONNECT_PROTOCOL_ERROR = 2
 MSG_UNKNOWN = 200
@@ -36,17 +36,26 @@ class FakeTCP:
         return IPv4Address("TCP", "127.0.0.1", 2222)
 
 
+@implementer(ISSHTransport)
 class FakeSSHTransport:
     """Records the packets, disconnects and UNIMPLEMENTED replies the multiplexer sends."""
 
     def __init__(self) -> None:
-        self.transport = FakeTCP()
+        self.transport: Any = FakeTCP()
+        self.otherVersionString = b""
+        self.packets_received = 0
         self.packets: list[tuple[int, bytes]] = []
         self.disconnects: list[tuple[int, bytes]] = []
         self.unimplemented = 0
 
     def sendPacket(self, messageType: int, payload: bytes) -> None:
         self.packets.append((messageType, payload))
+
+    def send_channel_data(self, recipient: int, data: bytes | memoryview, max_packet: int) -> None:
+        """Recorded as one C{CHANNEL_DATA} packet per C{max_packet} bytes, as sent."""
+        for offset in range(0, len(data), max_packet):
+            chunk = data[offset : offset + max_packet]
+            self.sendPacket(wire.MSG_CHANNEL_DATA, wire.pack_channel_data(recipient, chunk))
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         self.disconnects.append((reason, desc))
@@ -95,7 +104,7 @@ class MuxTestCase(SynchronousTestCase):
 
     def connect(self, mux: ChannelMux) -> FakeSSHTransport:
         transport = FakeSSHTransport()
-        mux.transport = cast("SSHTransportBase", transport)
+        mux.transport = transport
         return transport
 
     def base_mux(self, **options: Any) -> tuple[ChannelMux, FakeSSHTransport]:
@@ -585,12 +594,16 @@ class ServiceStoppedTests(MuxTestCase):
         self.assertEqual(transport.packets, [])
 
 
+@implementer(IConsumer)
 class ProducerTCP(FakeTCP):
     """A TCP connection that takes a streaming producer, as Twisted's does."""
 
     def __init__(self) -> None:
         self.producer: Any = None
         self.disconnecting = False
+
+    def write(self, data: bytes) -> None:
+        """Bytes written are not looked at."""
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         assert streaming and self.producer is None
@@ -665,11 +678,11 @@ class PacketSizeTests(MuxTestCase):
     def test_openssh_peer_gets_openssh_packet_size(self) -> None:
         """With an OpenSSH peer we accept 32 KiB channel packets, as OpenSSH does."""
         mux, transport = self.base_mux()
-        transport.otherVersionString = b"SSH-2.0-OpenSSH_9.2p1 Debian-2"  # type: ignore[attr-defined]
+        transport.otherVersionString = b"SSH-2.0-OpenSSH_9.2p1 Debian-2"
         self.assertEqual(mux.max_packet, 32 * 1024)
 
     def test_rfwd_peer_gets_larger_packets(self) -> None:
         """When both ends are rfwd, we accept 128 KiB packets (fewer, cheaper packets)."""
         mux, transport = self.base_mux()
-        transport.otherVersionString = b"SSH-2.0-rfwd_0.1.0"  # type: ignore[attr-defined]
+        transport.otherVersionString = b"SSH-2.0-rfwd_0.1.0"
         self.assertEqual(mux.max_packet, 128 * 1024)

@@ -1,5 +1,6 @@
 """
-Tests for L{twisted_rfwd.protocol.window}: receive-window accounting (RFC 4254 section 5.2).
+Tests for L{twisted_rfwd.protocol.window}: receive- and send-window accounting (RFC 4254
+section 5.2).
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_rfwd.errors import RemoteProtocolError
-from twisted_rfwd.protocol.window import ReceiveWindow
+from twisted_rfwd.protocol.window import MAX_WINDOW, ReceiveWindow, SendWindow
 
 
 class DataReceivedTests(SynchronousTestCase):
@@ -132,3 +133,56 @@ class CreditTests(SynchronousTestCase):
         window.data_received(1)
         window.consumed(1)
         self.assertEqual(window.credit_due(), 51)
+
+
+class SendWindowTests(SynchronousTestCase):
+    """We send within the peer's window and maximum packet, and a bounded number of packets."""
+
+    def test_initial(self) -> None:
+        """A new send window has the peer's window and maximum packet."""
+        window = SendWindow(1000, 100)
+        self.assertEqual((window.available, window.max_packet), (1000, 100))
+
+    def test_max_packet_at_least_one(self) -> None:
+        """A peer announcing a maximum packet of 0 still gets one byte per packet, not none."""
+        self.assertEqual(SendWindow(1000, 0).max_packet, 1)
+
+    def test_take_all_within_window(self) -> None:
+        """What fits in the window and the packets goes whole, and is charged."""
+        window = SendWindow(1000, 100)
+        self.assertEqual(window.take(250, 16), 250)
+        self.assertEqual(window.available, 750)
+
+    def test_take_bounded_by_window(self) -> None:
+        """No more than the window goes; the window is then empty."""
+        window = SendWindow(150, 100)
+        self.assertEqual(window.take(300, 16), 150)
+        self.assertEqual(window.available, 0)
+        self.assertEqual(window.take(10, 16), 0)
+
+    def test_take_bounded_by_packets(self) -> None:
+        """No more than C{packets} full packets go at once; the window keeps the rest."""
+        window = SendWindow(10_000, 100)
+        self.assertEqual(window.take(5000, 16), 1600)
+        self.assertEqual(window.available, 8400)
+
+    def test_zero_window_sends_nothing(self) -> None:
+        """With a window of 0 nothing may go until the peer adjusts it."""
+        window = SendWindow(0, 100)
+        self.assertEqual(window.take(4, 16), 0)
+        window.adjust(4)
+        self.assertEqual(window.take(4, 16), 4)
+
+    def test_adjust_adds(self) -> None:
+        """WINDOW_ADJUST adds to what is left."""
+        window = SendWindow(100, 100)
+        window.take(60, 16)
+        window.adjust(500)
+        self.assertEqual(window.available, 540)
+
+    def test_adjust_capped(self) -> None:
+        """Credit beyond 2**32-1 is capped there, not an error, whatever the peer sends."""
+        self.assertEqual(MAX_WINDOW, 2**32 - 1)
+        window = SendWindow(MAX_WINDOW - 10, 100)
+        window.adjust(MAX_WINDOW)
+        self.assertEqual(window.available, MAX_WINDOW)

@@ -2,7 +2,9 @@
 Every error twisted-rfwd raises on purpose.
 
 Each one carries the facts as named fields and renders, through C{str()}, as a sentence for the
-person who has to act on it.  A traceback means a bug; these are not bugs.
+person who has to act on it.  A traceback means a bug; these are not bugs, except
+L{LocalProtocolError}, which says whose bug it is.  Protocol errors are split by whose fault
+they are, as h11 does: L{RemoteProtocolError} (the peer's) and L{LocalProtocolError} (ours).
 """
 
 from __future__ import annotations
@@ -41,7 +43,20 @@ class KeyLoadError(ConfigError):
 
 
 class RemoteProtocolError(RfwdError):
-    """The peer sent something the SSH protocol does not allow: its fault, not ours."""
+    """
+    The peer sent something the SSH protocol does not allow: its fault, not ours.  The
+    connection ends with a C{PROTOCOL_ERROR} disconnect that says what was wrong, and one log
+    line without a traceback: nothing in our code needs fixing.
+    """
+
+
+class LocalProtocolError(RfwdError):
+    """
+    We were about to break the SSH protocol ourselves: a bug in rfwd, not the peer's fault.
+    Like any other unexpected exception while handling the peer's bytes, it is logged with its
+    traceback, and the peer gets a neutral C{BY_APPLICATION} disconnect ("internal error")
+    that does not blame it.
+    """
 
 
 class MalformedPacket(RemoteProtocolError):
@@ -174,6 +189,29 @@ class ChannelOpenFailed(RfwdError):
 
     def __str__(self) -> str:
         return f"channel open failed: {self.description} (code {self.code})"
+
+
+class GlobalRequestFailed(Exception):
+    """The peer answered one of our global requests with C{REQUEST_FAILURE}."""
+
+    def __init__(self, name: bytes) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class PeerMaxPacketTooSmall(RfwdError):
+    """The peer confirmed our channel with a maximum packet below the floor we require."""
+
+    def __init__(self, max_packet: int, minimum: int) -> None:
+        super().__init__(max_packet, minimum)
+        self.max_packet = max_packet
+        self.minimum = minimum
+
+    def __str__(self) -> str:
+        return (
+            f"the peer's maximum packet size ({self.max_packet}) is below the {self.minimum} "
+            "bytes required; channel closed"
+        )
 
 
 class ConnectionClosed(RfwdError):

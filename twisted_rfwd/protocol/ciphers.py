@@ -45,7 +45,6 @@ __all__ = [
 MAX_PACKET_SIZE = 256 * 1024
 
 _UINT32 = struct.Struct(">L")
-_SEQ = struct.Struct(">L")
 _GCM_COUNTER = struct.Struct(">Q")
 _ZERO_BLOCK = bytes(64)
 
@@ -420,13 +419,13 @@ class CTRSealer(_CopyInto):
             pad = _pad_length(1 + size, 16)
             length = _UINT32.pack(1 + size + pad)
             ciphertext = self._encrypt(b"".join((bytes((pad,)) + head, body, _padding.take(pad))))
-            mac = hmac.digest(self._mac_key, _SEQ.pack(seq) + length + ciphertext, self._hash)
+            mac = hmac.digest(self._mac_key, _UINT32.pack(seq) + length + ciphertext, self._hash)
             return [length, ciphertext, mac]
         pad = _pad_length(4 + 1 + size, 16)
         plaintext = b"".join(
             (_UINT32.pack(1 + size + pad) + bytes((pad,)) + head, body, _padding.take(pad))
         )
-        mac = hmac.digest(self._mac_key, _SEQ.pack(seq) + plaintext, self._hash)
+        mac = hmac.digest(self._mac_key, _UINT32.pack(seq) + plaintext, self._hash)
         return [self._encrypt(plaintext), mac]
 
 
@@ -456,7 +455,7 @@ class CTROpener:
         mac_size = self._mac_size
         body, received = packet[: len(packet) - mac_size], packet[len(packet) - mac_size :]
         if self._etm:
-            expected = hmac.digest(self._mac_key, _SEQ.pack(seq) + body, self._hash)
+            expected = hmac.digest(self._mac_key, _UINT32.pack(seq) + body, self._hash)
             if not hmac.compare_digest(expected, received):
                 raise MacError()
             plaintext = self._decrypt(body[4:])
@@ -465,7 +464,7 @@ class CTROpener:
         assert self._first is not None and self._first[0] == seq
         plaintext = self._first[1] + self._decrypt(body[16:])
         self._first = None
-        expected = hmac.digest(self._mac_key, _SEQ.pack(seq) + plaintext, self._hash)
+        expected = hmac.digest(self._mac_key, _UINT32.pack(seq) + plaintext, self._hash)
         if not hmac.compare_digest(expected, received):
             raise MacError()
         start, end = _payload_bounds(plaintext, 4)

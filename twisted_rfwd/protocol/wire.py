@@ -39,6 +39,10 @@ _UINT32x2 = struct.Struct(">LL")
 _UINT32x3 = struct.Struct(">LLL")
 _UINT32x4 = struct.Struct(">LLLL")
 
+# SSH_MSG_CHANNEL_DATA is framed here and nowhere else: its message number, recipient channel
+# and data length, which the packet layer seals in front of the data without building a payload.
+CHANNEL_DATA_HEADER = struct.Struct(">BLL")
+
 
 def pack_string(data: bytes) -> bytes:
     """An SSH C{string}: uint32 length, then the bytes."""
@@ -242,24 +246,42 @@ def parse_window_adjust(payload: bytes) -> tuple[int, int]:
     return r.uint32(), r.uint32()
 
 
-def pack_channel_data(recipient: int, data: bytes) -> bytes:
-    return _UINT32x2.pack(recipient, len(data)) + data
-
-
 def pack_window_adjust(recipient: int, increment: int) -> bytes:
     return _UINT32x2.pack(recipient, increment)
 
 
+def pack_channel_data(recipient: int, data: bytes | memoryview) -> bytes:
+    """The payload of C{SSH_MSG_CHANNEL_DATA} (after its message number)."""
+    return _UINT32x2.pack(recipient, len(data)) + data
+
+
+def pack_channel_data_header(recipient: int, length: int) -> bytes:
+    """
+    Message number, recipient and length of a C{SSH_MSG_CHANNEL_DATA} carrying C{length} bytes:
+    what precedes the data in the packet, for a sealer that takes the data separately.
+    """
+    return CHANNEL_DATA_HEADER.pack(MSG_CHANNEL_DATA, recipient, length)
+
+
 def parse_channel_data(payload: bytes) -> tuple[int, bytes]:
     """Channel number and data of C{SSH_MSG_CHANNEL_DATA}; the hot path, so no Reader."""
-    if len(payload) < 8:
+    return parse_channel_data_in(payload, 0, len(payload))
+
+
+def parse_channel_data_in(buffer: bytes, start: int, end: int) -> tuple[int, bytes]:
+    """
+    Channel number and data of the C{SSH_MSG_CHANNEL_DATA} body C{buffer[start:end]} (after the
+    message number): the packet layer's plaintext, whose data is sliced out once, never copied
+    into a payload first.
+    """
+    if end - start < 8:
         raise MalformedPacket("SSH_MSG_CHANNEL_DATA", "shorter than its header")
-    recipient, length = _UINT32x2.unpack_from(payload)
-    if length != len(payload) - 8:
+    recipient, length = _UINT32x2.unpack_from(buffer, start)
+    if length != end - start - 8:
         raise MalformedPacket(
-            "SSH_MSG_CHANNEL_DATA", f"length field {length} but {len(payload) - 8} bytes follow"
+            "SSH_MSG_CHANNEL_DATA", f"length field {length} but {end - start - 8} bytes follow"
         )
-    return recipient, payload[8:]
+    return recipient, buffer[start + 8 : end]
 
 
 def parse_extended_data(payload: bytes) -> tuple[int, int, bytes]:

@@ -268,6 +268,8 @@ class ForwardingServerFactory(SSHFactory):
             return lambda: ServerUserAuth(
                 self.reactor, self.config.login_grace_time, self.config.max_auth_tries
             )
+        # Conch sets "avatar" on the transport only once logged in (and its connectionLost
+        # tests for the attribute itself), so it cannot be declared on the class.
         avatar = getattr(transport, "avatar", None)
         if service == b"ssh-connection" and isinstance(avatar, ForwardingAvatar):
             login = avatar.login

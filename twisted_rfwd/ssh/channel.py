@@ -12,25 +12,35 @@ L{Channel.attach}.  The two are each other's producers, as in Twisted's C{portfo
 
 Half-close follows OpenSSH: local EOF becomes C{CHANNEL_EOF} once buffered data is sent; the
 peer's EOF shuts down the socket's write side; C{CHANNEL_CLOSE} goes out once both directions are
-done, and a received CLOSE is answered with CLOSE.
+done, and a received CLOSE is answered with CLOSE.  The rules, and the states they move
+through, are written out in L{twisted_rfwd.protocol.channel_state}; this module does the I/O.
+
+What a channel needs from the multiplexer that owns it is declared as L{IChannelOwner}.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
-from twisted_rfwd.protocol.window import ReceiveWindow
+from twisted_rfwd.protocol.channel_state import (
+    CONFIRMED_STATES,
+    ChannelState,
+    Event,
+    ReceiveState,
+    SendState,
+    next_channel_state,
+    next_receive_state,
+    next_send_state,
+)
+from twisted_rfwd.protocol.window import ReceiveWindow, SendWindow
 from twisted_rfwd.ssh.outcome import Outcome
 
-if TYPE_CHECKING:
-    from twisted_rfwd.ssh.mux import ChannelMux
-
-__all__ = ["PACKETS_PER_TURN", "Channel", "LocalStream"]
+__all__ = ["PACKETS_PER_TURN", "Channel", "IChannelOwner", "LocalStream"]
 
 # Fairness between the connections of one reactor: a channel sends at most this many packets per
 # reactor turn, and what is left waits for the next turn (its stream paused meanwhile).  Sixteen
@@ -38,6 +48,58 @@ __all__ = ["PACKETS_PER_TURN", "Channel", "LocalStream"]
 # announces a small maximum packet gets as many packets per turn, not more, so the packets it
 # makes us seal cannot crowd out the other connections' turns.
 PACKETS_PER_TURN = 16
+
+# The states the per-packet paths compare against, by identity.
+_OPENING = ChannelState.OPENING
+_OPEN = ChannelState.OPEN
+_SENDING = SendState.OPEN
+_EOF_PENDING = SendState.EOF_PENDING
+_EOF_SENT = SendState.EOF_SENT
+_DISCARDED = SendState.DISCARDED
+_RECEIVING = ReceiveState.OPEN
+
+# Our CLOSE went out, or the channel ended without one: nothing more is sent.
+_NOTHING_MORE_TO_SEND = frozenset(
+    {ChannelState.CLOSE_SENT, ChannelState.CLOSED, ChannelState.FAILED}
+)
+# The peer's EOF arrived.
+_PEER_EOF_STATES = frozenset({ReceiveState.EOF_RECEIVED, ReceiveState.FINISHED})
+# The local stream will write nothing more: its write side closed, or it is gone.
+_STREAM_WRITE_DONE_STATES = frozenset({ReceiveState.STREAM_CLOSED, ReceiveState.FINISHED})
+
+
+class IChannelOwner(Interface):
+    """
+    What a L{Channel} needs from the multiplexer that owns it: a way to send its messages, to
+    be held while the SSH connection cannot take more, and to be forgotten once closed.
+    """
+
+    clock: IReactorTime
+    """Schedules a channel's next turn to send, when it used up this turn's packets."""
+
+    def send_data(recipient: int, data: bytes | memoryview, max_packet: int) -> None:
+        """Send C{data} as C{CHANNEL_DATA} packets of at most C{max_packet} bytes each."""
+
+    def send_window_adjust(recipient: int, increment: int) -> None:
+        """Grant the peer C{increment} more bytes with C{WINDOW_ADJUST}."""
+
+    def send_eof(recipient: int) -> None:
+        """Send C{CHANNEL_EOF}."""
+
+    def send_close(recipient: int) -> None:
+        """Send C{CHANNEL_CLOSE}."""
+
+    def sending(channel: Channel) -> None:
+        """C{channel} is about to send data: hold it at once if the SSH connection is full."""
+
+    def stream_attached(channel: Channel) -> None:
+        """C{channel} has a local stream, which the owner waits for when draining."""
+
+    def stream_detached(channel: Channel) -> None:
+        """C{channel}'s local stream is gone."""
+
+    def release_channel(channel: Channel) -> None:
+        """C{channel} is done both ways: forget it; its number may be reused."""
 
 
 class LocalStream(Protocol):
@@ -58,29 +120,30 @@ class Channel:
     """
     The state of one channel; created by the multiplexer, driven by the peer's messages and by
     the local stream.
+
+    Its lifecycle is three states (see L{twisted_rfwd.protocol.channel_state}); flow control is
+    three flags: the local stream paused our credit (its write buffer is full), we paused the
+    local stream (no window, or data waiting), and the owner holds us (the SSH connection is
+    full).
     """
 
-    remote_id: int = -1
-    is_open: bool = False
-
-    def __init__(self, mux: ChannelMux, local_id: int, window: ReceiveWindow) -> None:
+    def __init__(self, mux: IChannelOwner, local_id: int, window: ReceiveWindow) -> None:
         self._mux = mux
         self.local_id = local_id
+        self.remote_id = -1
         self.window = window
-        self._send_window = 0
-        self._send_max_packet = 0
+        self._send_window = SendWindow(0, 1)
         self._stream: LocalStream | None = None
         self._pending: list[bytes] = []
+        self._state = ChannelState.OPENING
+        self._send = SendState.OPEN
+        self._receive = ReceiveState.OPEN
+        # Kept in step with _state by _advance: the multiplexer reads it for every packet.
+        self.is_open = False
+        self._released = False
         self._credit_paused = False
         self._source_paused = False
         self._held = False
-        self._eof_wanted = False
-        self.eof_sent = False
-        self.eof_received = False
-        self.close_sent = False
-        self.close_received = False
-        self._local_write_done = False
-        self._released = False
         self._next_turn: IDelayedCall | None = None
         self._opened: Outcome[Channel] = Outcome()
         self._closed: Outcome[None] = Outcome()
@@ -88,6 +151,42 @@ class Channel:
         self.bytes_received = 0
 
     # -- what the owner of the channel sees -------------------------------------------------
+
+    @property
+    def state(self) -> ChannelState:
+        """The open and CLOSE handshakes: where the channel as a whole is."""
+        return self._state
+
+    @property
+    def send_state(self) -> SendState:
+        """Our direction, from the local stream to the peer."""
+        return self._send
+
+    @property
+    def receive_state(self) -> ReceiveState:
+        """The peer's direction, from the peer to the local stream."""
+        return self._receive
+
+    @property
+    def eof_sent(self) -> bool:
+        """We sent C{CHANNEL_EOF}."""
+        return self._send is _EOF_SENT
+
+    @property
+    def eof_received(self) -> bool:
+        """The peer sent C{CHANNEL_EOF}."""
+        return self._receive in _PEER_EOF_STATES
+
+    @property
+    def close_sent(self) -> bool:
+        """We sent C{CHANNEL_CLOSE}, or the connection ended: nothing more is sent."""
+        return self._state in _NOTHING_MORE_TO_SEND
+
+    @property
+    def close_received(self) -> bool:
+        """The peer sent C{CHANNEL_CLOSE}, or the connection ended."""
+        state = self._state
+        return state is ChannelState.CLOSE_RECEIVED or state is ChannelState.CLOSED
 
     def when_opened(self) -> Deferred[Channel]:
         """Fires with this channel once the peer confirmed it, or fails with the reason."""
@@ -109,10 +208,11 @@ class Channel:
 
     def write(self, data: bytes) -> None:
         """Send bytes read from the local stream, as far as the peer's window allows."""
-        if self.eof_sent or self._eof_wanted or self.close_sent or self.close_received:
+        state = self._state
+        if self._send is not _SENDING or (state is not _OPEN and state is not _OPENING):
             return
         self._mux.sending(self)
-        if self._pending or not self.is_open:
+        if self._pending or state is _OPENING:
             self._pending.append(data)
             self._pause_source()
             return
@@ -120,25 +220,26 @@ class Channel:
 
     def write_eof(self) -> None:
         """The local stream will send nothing more: send EOF once buffered data has gone."""
-        if self.eof_sent or self.close_sent:
+        send = self._send
+        if send is _EOF_SENT or send is _DISCARDED or self._state in _NOTHING_MORE_TO_SEND:
             return
         if self._pending or not self.is_open:
-            self._eof_wanted = True
+            self._send = next_send_state(self._send, Event.STREAM_EOF)
             return
         self._send_eof()
 
     def local_write_closed(self) -> None:
         """The local stream finished sending the peer's data and shut down its write side."""
-        self._local_write_done = True
+        self._receive = next_receive_state(self._receive, Event.STREAM_WRITE_DONE)
         self._maybe_close()
 
     def local_connection_lost(self, reason: Failure | None = None) -> None:
         """The local stream is gone: nothing more will flow either way."""
         self._stream = None
         self._mux.stream_detached(self)
-        self._local_write_done = True
+        self._receive = next_receive_state(self._receive, Event.STREAM_WRITE_DONE)
         if not self.is_open:
-            self._eof_wanted = True
+            self._send = next_send_state(self._send, Event.STREAM_EOF)
             return
         self._pending.clear()
         self._send_close()
@@ -162,13 +263,13 @@ class Channel:
     def opened(self, remote_id: int, window: int, max_packet: int) -> None:
         """The channel is confirmed (either way round): start moving data."""
         self.remote_id = remote_id
-        self._send_window = window
-        self._send_max_packet = max(1, max_packet)
-        self.is_open = True
+        self._send_window = SendWindow(window, max_packet)
+        self._advance(Event.CONFIRMED)
         self._opened.settle(self)
-        if self.close_sent or self._released:
+        if self._state is not _OPEN:
+            # Closed by whoever was waiting for the confirmation.
             return
-        if self._stream is None and self._local_write_done:
+        if self._stream is None and self._receive in _STREAM_WRITE_DONE_STATES:
             # The local side vanished while we waited for the confirmation: what it had sent
             # has nowhere to go back to, so only EOF and CLOSE are sent.
             self._pending.clear()
@@ -184,9 +285,9 @@ class Channel:
         """
         self.remote_id = remote_id
         # Open as far as the peer knows, so that its answering CLOSE is accepted.
-        self.is_open = True
+        self._advance(Event.CONFIRMED)
         self._pending.clear()
-        self._eof_wanted = False
+        self._send = next_send_state(self._send, Event.REFUSED)
         stream = self._stream
         self._stream = None
         if stream is not None:
@@ -203,6 +304,7 @@ class Channel:
         if stream is not None:
             stream.unregisterProducer()
             stream.loseConnection()
+        self._advance(Event.OPEN_FAILED)
         self._release()
         self._opened.settle(reason)
 
@@ -210,10 +312,13 @@ class Channel:
         """C{CHANNEL_DATA} from the peer: hand it to the stream, account the window."""
         size = len(data)
         self.window.data_received(size)
-        if self.eof_received or self.close_sent or self._stream is None:
+        stream = self._stream
+        if self._receive is not _RECEIVING or self._state is not _OPEN or stream is None:
+            # After the peer's EOF, or our CLOSE, or with the stream gone: dropped, but the
+            # window above still counted it.
             return
         self.bytes_received += size
-        self._stream.write(data)
+        stream.write(data)
         self.window.consumed(size)
         if not self._credit_paused:
             credit = self.window.credit_due()
@@ -222,8 +327,8 @@ class Channel:
 
     def window_adjusted(self, increment: int) -> None:
         """C{WINDOW_ADJUST}: the peer can take more; send what waits, then read again."""
-        self._send_window = min(self._send_window + increment, 0xFFFFFFFF)
-        if self.close_sent or self.eof_sent:
+        self._send_window.adjust(increment)
+        if self._send is _EOF_SENT or self._state in _NOTHING_MORE_TO_SEND:
             return
         if self._pending:
             self._flush_pending()
@@ -231,9 +336,10 @@ class Channel:
 
     def eof_received_from_peer(self) -> None:
         """C{CHANNEL_EOF}: shut down the stream's write side once its buffer is flushed."""
-        if self.eof_received:
+        before = self._receive
+        self._receive = next_receive_state(before, Event.PEER_EOF)
+        if self._receive is before:
             return
-        self.eof_received = True
         stream = self._stream
         if stream is None:
             self._maybe_close()
@@ -244,22 +350,21 @@ class Channel:
 
     def close_received_from_peer(self) -> None:
         """C{CHANNEL_CLOSE}: answer it, and close the stream after flushing what it holds."""
-        self.close_received = True
+        self._advance(Event.PEER_CLOSE)
         self._pending.clear()
         stream = self._stream
         self._stream = None
         if stream is not None:
             stream.unregisterProducer()
             stream.loseConnection()
-        if not self.close_sent:
-            self._send_close()
+        self._send_close()
         self._maybe_release()
 
     def connection_lost(self, reason: Failure) -> None:
         """The SSH connection ended: drop the stream and fail anything still waiting."""
         stream = self._stream
         self._stream = None
-        self.close_sent = self.close_received = True
+        self._advance(Event.CONNECTION_LOST)
         if stream is not None:
             stream.unregisterProducer()
             stream.loseConnection()
@@ -267,7 +372,23 @@ class Channel:
             self._opened.settle(reason)
         self._release()
 
+    def hold(self) -> None:
+        """The SSH connection's own send buffer is full: stop reading the local stream."""
+        self._held = True
+        self._pause_source()
+
+    def release(self) -> None:
+        """The SSH connection drained: read again, unless the window still says no."""
+        self._held = False
+        if self.is_open and not self._pending and self._send is not _EOF_PENDING:
+            self._resume_source()
+
     # -- internals ---------------------------------------------------------------------------
+
+    def _advance(self, event: Event) -> None:
+        """Move the channel's own state on C{event}, and C{is_open} with it."""
+        self._state = state = next_channel_state(self._state, event)
+        self.is_open = state in CONFIRMED_STATES
 
     def _send_chunks(self, data: bytes) -> None:
         """
@@ -275,15 +396,15 @@ class Channel:
         window grows or the next turn.
         """
         size = len(data)
-        turn = self._send_max_packet * PACKETS_PER_TURN
-        n = min(size, self._send_window, turn)
-        if n == turn and n < min(size, self._send_window):
+        window = self._send_window
+        n = window.take(size, PACKETS_PER_TURN)
+        if n < size and window.available:
+            # Cut short by this turn's packets, not by the window: go on next turn.
             self._continue_next_turn()
         if n == size:
-            self._mux.send_data(self.remote_id, data, self._send_max_packet)
+            self._mux.send_data(self.remote_id, data, window.max_packet)
         elif n > 0:
-            self._mux.send_data(self.remote_id, memoryview(data)[:n], self._send_max_packet)
-        self._send_window -= n
+            self._mux.send_data(self.remote_id, memoryview(data)[:n], window.max_packet)
         self.bytes_sent += n
         if n < size:
             self._pending.append(data[n:])
@@ -295,7 +416,7 @@ class Channel:
 
     def _turn(self) -> None:
         self._next_turn = None
-        if self.close_sent or self.eof_sent or self._released or not self._pending:
+        if self._state is not _OPEN or self._send is _EOF_SENT or not self._pending:
             return
         self._flush_pending()
         self._after_flush()
@@ -312,13 +433,13 @@ class Channel:
         """Once nothing waits for window: send a deferred EOF, or read from the stream again."""
         if self._pending:
             return
-        if self._eof_wanted:
+        if self._send is _EOF_PENDING:
             self._send_eof()
         else:
             self._resume_source()
 
     def _grant_credit(self) -> None:
-        if self.close_sent or self.eof_received:
+        if self._state in _NOTHING_MORE_TO_SEND or self._receive in _PEER_EOF_STATES:
             return
         credit = self.window.credit_due()
         if credit:
@@ -334,30 +455,20 @@ class Channel:
             self._source_paused = False
             self._stream.resumeProducing()
 
-    def hold(self) -> None:
-        """The SSH connection's own send buffer is full: stop reading the local stream."""
-        self._held = True
-        self._pause_source()
-
-    def release(self) -> None:
-        """The SSH connection drained: read again, unless the window still says no."""
-        self._held = False
-        if self.is_open and not self._pending and not self._eof_wanted:
-            self._resume_source()
-
     def _send_eof(self) -> None:
-        self._eof_wanted = False
-        if self.eof_sent or self.close_sent:
-            return
-        self.eof_sent = True
+        self._send = next_send_state(self._send, Event.OUR_EOF)
         self._mux.send_eof(self.remote_id)
         self._maybe_close()
 
     def _maybe_close(self) -> None:
         """CLOSE once we sent EOF and the peer's EOF reached the local stream."""
-        if self.close_sent:
+        if self._state in _NOTHING_MORE_TO_SEND:
             return
-        if self.eof_sent and self.eof_received and (self._local_write_done or not self._stream):
+        if (
+            self._send is _EOF_SENT
+            and self._receive in _PEER_EOF_STATES
+            and (self._receive in _STREAM_WRITE_DONE_STATES or not self._stream)
+        ):
             stream = self._stream
             self._stream = None
             if stream is not None:
@@ -366,17 +477,17 @@ class Channel:
             self._send_close()
 
     def _send_close(self) -> None:
-        if self.close_sent:
+        if self._state in _NOTHING_MORE_TO_SEND:
             return
-        if self._eof_wanted and not self.eof_sent and self.is_open:
-            self.eof_sent = True
+        if self._send is _EOF_PENDING and self.is_open:
+            self._send = next_send_state(self._send, Event.OUR_EOF)
             self._mux.send_eof(self.remote_id)
-        self.close_sent = True
+        self._advance(Event.OUR_CLOSE)
         self._mux.send_close(self.remote_id)
         self._maybe_release()
 
     def _maybe_release(self) -> None:
-        if self.close_sent and self.close_received:
+        if self._state is ChannelState.CLOSED:
             self._release()
 
     def _release(self) -> None:

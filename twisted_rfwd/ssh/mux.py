@@ -1,13 +1,17 @@
 """
-The C{ssh-connection} service (RFC 4254): global requests and channels, for both ends.
+The C{ssh-connection} service (RFC 4254) for both ends: the table of channels, and the dispatch
+of the peer's messages to them.
 
 Conch's own L{twisted.conch.ssh.connection.SSHConnection} grants window before data is consumed,
 confirms channel opens before the far side is connected, and crashes on unknown channel numbers;
 this service replaces it, on Conch's public L{SSHService} base.  Subclasses decide policy by
 overriding L{ChannelMux.global_request_received} and L{ChannelMux.channel_open_requested}.
 
+Its other roles live beside it: global requests in L{twisted_rfwd.ssh.global_requests},
+back-pressure from the SSH socket in L{twisted_rfwd.ssh.backpressure}, and what it needs of the
+transport (and the transport of it) in L{twisted_rfwd.ssh.interfaces}.
+
 Rules kept here, as OpenSSH peers expect them:
-  - every global request that wants a reply gets one, in the order received;
   - an incoming channel is confirmed only when the subclass's Deferred fires;
   - a malformed message, or one that breaks window rules, ends the connection with a
     C{PROTOCOL_ERROR} disconnect that says what was wrong.
@@ -15,15 +19,13 @@ Rules kept here, as OpenSSH peers expect them:
 
 from __future__ import annotations
 
-import struct
-from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.conch.ssh.service import SSHService
 from twisted.conch.ssh.transport import DISCONNECT_CONNECTION_LOST, DISCONNECT_PROTOCOL_ERROR
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -31,19 +33,19 @@ from zope.interface import implementer
 from twisted_rfwd.errors import (
     ChannelOpenFailed,
     ConnectionClosed,
-    MalformedPacket,
+    GlobalRequestFailed,
+    PeerMaxPacketTooSmall,
     RemoteProtocolError,
-    RfwdError,
 )
 from twisted_rfwd.protocol import wire
 from twisted_rfwd.protocol.addresses import describe_address
 from twisted_rfwd.protocol.window import ReceiveWindow
-from twisted_rfwd.ssh.channel import Channel
+from twisted_rfwd.ssh.backpressure import SenderBackPressure
+from twisted_rfwd.ssh.channel import Channel, IChannelOwner
+from twisted_rfwd.ssh.global_requests import GlobalRequests
+from twisted_rfwd.ssh.interfaces import IChannelDataSink, ISSHTransport
 from twisted_rfwd.ssh.keepalive import KeepAlive
 from twisted_rfwd.ssh.outcome import Outcome
-
-if TYPE_CHECKING:
-    from twisted.conch.ssh.transport import SSHTransportBase
 
 __all__ = [
     "DEFAULT_MAX_PACKET",
@@ -54,8 +56,6 @@ __all__ = [
     "GlobalRequestFailed",
     "PeerMaxPacketTooSmall",
 ]
-
-_CHANNEL_AND_LENGTH = struct.Struct(">LL")
 
 DEFAULT_WINDOW = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET = 32 * 1024
@@ -80,45 +80,18 @@ RFWD_PEER_MAX_PACKET = 128 * 1024
 # WINDOW_ADJUST it sends, work it pays for as much as we do.
 MIN_PEER_MAX_PACKET = 1000
 
-
-class GlobalRequestFailed(Exception):
-    """The peer answered one of our global requests with C{REQUEST_FAILURE}."""
-
-    def __init__(self, name: bytes) -> None:
-        super().__init__(name)
-        self.name = name
+# The one CHANNEL_DATA parser, bound once: it runs for every packet.
+_parse_channel_data_in = wire.parse_channel_data_in
 
 
-class PeerMaxPacketTooSmall(RfwdError):
-    """The peer confirmed our channel with a maximum packet below L{MIN_PEER_MAX_PACKET}."""
-
-    def __init__(self, max_packet: int, minimum: int) -> None:
-        super().__init__(max_packet, minimum)
-        self.max_packet = max_packet
-        self.minimum = minimum
-
-    def __str__(self) -> str:
-        return (
-            f"the peer's maximum packet size ({self.max_packet}) is below the {self.minimum} "
-            "bytes required; channel closed"
-        )
-
-
-class _PendingReply:
-    __slots__ = ("done", "result")
-
-    def __init__(self) -> None:
-        self.done = False
-        self.result: bytes | None = None
-
-
-@implementer(IPushProducer)
-class ChannelMux(SSHService):
+@implementer(IChannelDataSink, IChannelOwner)
+class ChannelMux(GlobalRequests, SenderBackPressure, SSHService):
     """Multiplexes channels and global requests over one SSH transport."""
 
     name = b"ssh-connection"
     _log = Logger()
-    transport: SSHTransportBase
+    # Conch types it as its own transport class; what this service uses of it is declared.
+    transport: ISSHTransport  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -127,6 +100,7 @@ class ChannelMux(SSHService):
         window_size: int = DEFAULT_WINDOW,
         max_packet: int = DEFAULT_MAX_PACKET,
     ) -> None:
+        super().__init__()
         self.clock = clock
         self.window_size = window_size
         self._configured_max_packet = max_packet
@@ -134,14 +108,7 @@ class ChannelMux(SSHService):
         self.channels: dict[int, Channel] = {}
         self._next_local_id = 0
         self._opening: dict[int, Deferred[Any]] = {}
-        self._our_requests: deque[tuple[bytes, Deferred[bytes]]] = deque()
-        self._replies: deque[_PendingReply] = deque()
         self.stopped = False
-        # Channels that sent since the SSH socket last drained, and those held while it is full.
-        self._senders: set[Channel] = set()
-        self._holding: list[Channel] | None = None
-        self._hold_reasons: set[str] = set()
-        self._watching = False
         self._keepalive: KeepAlive | None = None
         self.end_reason: str | None = None
         self._idle_waiters: list[Deferred[None]] = []
@@ -149,9 +116,7 @@ class ChannelMux(SSHService):
         self._streams: set[Channel] = set()
         self._ended: Outcome[None] = Outcome()
         self._handlers: dict[int, Callable[[bytes], None]] = {
-            wire.MSG_GLOBAL_REQUEST: self._on_global_request,
-            wire.MSG_REQUEST_SUCCESS: self._on_request_success,
-            wire.MSG_REQUEST_FAILURE: self._on_request_failure,
+            **self.global_request_handlers(),
             wire.MSG_CHANNEL_OPEN: self._on_channel_open,
             wire.MSG_CHANNEL_OPEN_CONFIRMATION: self._on_open_confirmation,
             wire.MSG_CHANNEL_OPEN_FAILURE: self._on_open_failure,
@@ -169,21 +134,13 @@ class ChannelMux(SSHService):
     def max_packet(self) -> int:
         """The largest CHANNEL_DATA we accept: larger when the peer is rfwd."""
         if self._max_packet is None:
-            banner = getattr(self.transport, "otherVersionString", b"") or b""
+            banner = self.transport.otherVersionString
             peer_is_rfwd = banner.startswith(b"SSH-2.0-rfwd_")
             configured = self._configured_max_packet
             self._max_packet = max(configured, RFWD_PEER_MAX_PACKET) if peer_is_rfwd else configured
         return self._max_packet
 
-    # -- policy hooks for subclasses ----------------------------------------------------------
-
-    def global_request_received(self, name: bytes, data: bytes) -> bytes | Deferred[Any] | None:
-        """
-        Decide a global request: return the success payload (C{b""} for none), or C{None} for
-        failure, or a Deferred of either.  By default everything fails, as OpenSSH answers
-        requests it does not know.
-        """
-        return None
+    # -- policy hook for subclasses (global requests: see GlobalRequests) ----------------------
 
     def channel_open_requested(
         self, channel_type: bytes, data: bytes, channel: Channel
@@ -210,35 +167,9 @@ class ChannelMux(SSHService):
         )
         return channel
 
-    def send_global_request(self, name: bytes, data: bytes) -> Deferred[bytes]:
-        """Send a global request that wants a reply; fires with the success payload."""
-        d: Deferred[bytes] = Deferred()
-        if self.stopped:
-            d.errback(ConnectionClosed("the SSH connection is closed"))
-            return d
-        self._our_requests.append((name, d))
-        self.transport.sendPacket(
-            wire.MSG_GLOBAL_REQUEST, wire.GlobalRequest(name, True, data).pack()
-        )
-        return d
-
-    def send_global_notice(self, name: bytes, data: bytes) -> None:
-        """Send a global request that wants no reply."""
-        self.transport.sendPacket(
-            wire.MSG_GLOBAL_REQUEST, wire.GlobalRequest(name, False, data).pack()
-        )
-
     def send_data(self, recipient: int, data: bytes | memoryview, max_packet: int) -> None:
         """C{data} as C{CHANNEL_DATA}, cut into packets of at most C{max_packet} bytes."""
-        fast = getattr(self.transport, "send_channel_data", None)
-        if fast is not None:
-            fast(recipient, data, max_packet)
-            return
-        for offset in range(0, len(data), max_packet):
-            chunk = data[offset : offset + max_packet]
-            self.transport.sendPacket(
-                wire.MSG_CHANNEL_DATA, _CHANNEL_AND_LENGTH.pack(recipient, len(chunk)) + chunk
-            )
+        self.transport.send_channel_data(recipient, data, max_packet)
 
     def channel_data(self, plaintext: bytes, start: int, end: int) -> None:
         """
@@ -246,16 +177,8 @@ class ChannelMux(SSHService):
         C{plaintext[start:end]}, and the data is sliced out of it once.
         """
         try:
-            if end - start < 8:
-                raise MalformedPacket("SSH_MSG_CHANNEL_DATA", "shorter than its header")
-            recipient, length = _CHANNEL_AND_LENGTH.unpack_from(plaintext, start)
-            if length != end - start - 8:
-                raise MalformedPacket(
-                    "SSH_MSG_CHANNEL_DATA",
-                    f"length field {length} but {end - start - 8} bytes follow",
-                )
-            channel = self._open_channel(recipient, "CHANNEL_DATA")
-            channel.data_received(plaintext[start + 8 : end])
+            recipient, data = _parse_channel_data_in(plaintext, start, end)
+            self._open_channel(recipient, "CHANNEL_DATA").data_received(data)
         except RemoteProtocolError as e:
             self.protocol_error(str(e))
 
@@ -274,7 +197,7 @@ class ChannelMux(SSHService):
         """Forget a channel whose CLOSE went both ways; its number may be reused."""
         if self.channels.get(channel.local_id) is channel:
             del self.channels[channel.local_id]
-        self._senders.discard(channel)
+        self.forget_sender(channel)
         if self.idle:
             self._fire_idle()
 
@@ -312,67 +235,6 @@ class ChannelMux(SSHService):
         for d in waiters:
             d.callback(None)
 
-    # -- back-pressure from the SSH socket ------------------------------------------------------
-    #
-    # The channel windows bound what each channel may have in flight, but not what waits in
-    # Twisted's send buffer for the SSH socket: with many channels that is the sum of their
-    # windows, twice over while Twisted joins it for send().  As the socket's streaming producer,
-    # the multiplexer stops the channels that are sending when that buffer is full, and also
-    # during a key re-exchange, when Conch queues every packet until NEWKEYS.
-
-    def sending(self, channel: Channel) -> None:
-        """A channel is about to send data; hold it at once if the SSH socket is full."""
-        if not self._watching:
-            self._watch_socket()
-        if self._holding is not None:
-            if channel not in self._holding:
-                self._holding.append(channel)
-                channel.hold()
-            return
-        self._senders.add(channel)
-
-    def _watch_socket(self) -> None:
-        self._watching = True
-        tcp = getattr(self.transport, "transport", None)
-        if tcp is not None and getattr(tcp, "producer", True) is None:
-            tcp.registerProducer(self, True)
-
-    def pauseProducing(self) -> None:
-        self._hold("the SSH socket is full")
-
-    def resumeProducing(self) -> None:
-        self._release("the SSH socket is full")
-        tcp: Any = self.transport.transport
-        if getattr(tcp, "disconnecting", False):
-            # Twisted will not finish closing while a producer is registered and was paused.
-            tcp.unregisterProducer()
-
-    def key_exchange_started(self) -> None:
-        """A key re-exchange holds every outgoing packet in memory: stop the senders."""
-        self._hold("key exchange")
-
-    def key_exchange_finished(self) -> None:
-        self._release("key exchange")
-
-    def _hold(self, reason: str) -> None:
-        self._hold_reasons.add(reason)
-        if self._holding is None:
-            self._holding = list(self._senders)
-            self._senders.clear()
-            for channel in self._holding:
-                channel.hold()
-
-    def _release(self, reason: str) -> None:
-        self._hold_reasons.discard(reason)
-        if self._hold_reasons or self._holding is None:
-            return
-        holding, self._holding = self._holding, None
-        for channel in holding:
-            channel.release()
-
-    def stopProducing(self) -> None:
-        """The SSH socket is gone; L{serviceStopped} does the cleaning up."""
-
     def start_keepalive(self, interval: float, count_max: int) -> None:
         """Probe the peer after C{interval} idle seconds; give up after C{count_max} probes."""
         if interval <= 0:
@@ -381,7 +243,7 @@ class ChannelMux(SSHService):
             self.clock,
             interval,
             count_max,
-            traffic=lambda: int(getattr(self.transport, "packets_received", 0)),
+            traffic=lambda: self.transport.packets_received,
             probe=lambda: self.send_global_request(b"keepalive@openssh.com", b""),
             dead=self.peer_not_responding,
         )
@@ -445,12 +307,8 @@ class ChannelMux(SSHService):
         for channel in list(self.channels.values()):
             channel.connection_lost(reason)
         self.channels.clear()
-        requests, self._our_requests = self._our_requests, deque()
-        for _, d in requests:
-            d.errback(reason)
-        self._senders.clear()
-        self._holding = None
-        self._hold_reasons.clear()
+        self.fail_global_requests(reason)
+        self.reset_back_pressure()
         self._fire_idle()
         self._ended.settle(None)
 
@@ -473,48 +331,6 @@ class ChannelMux(SSHService):
 
     def _ignore(self, packet: bytes) -> None:
         """Replies to channel requests we never send: nothing to do."""
-
-    def _on_global_request(self, payload: bytes) -> None:
-        request = wire.GlobalRequest.parse(payload)
-        d = maybeDeferred(self.global_request_received, request.name, request.data)
-        if not request.want_reply:
-            d.addErrback(self._request_handler_failed, request.name)
-            return
-        slot = _PendingReply()
-        self._replies.append(slot)
-        d.addErrback(self._request_handler_failed, request.name)
-        d.addCallback(self._reply_ready, slot)
-
-    def _request_handler_failed(self, failure: Failure, name: bytes) -> Any:
-        if failure.check(RemoteProtocolError):
-            self.protocol_error(failure.getErrorMessage())
-        else:
-            self._log.failure("Error handling global request {name!r}", failure=failure, name=name)
-        return None
-
-    def _reply_ready(self, result: Any, slot: _PendingReply) -> None:
-        slot.done = True
-        slot.result = result
-        while self._replies and self._replies[0].done:
-            reply = self._replies.popleft()
-            if self.stopped:
-                continue
-            if reply.result is None:
-                self.transport.sendPacket(wire.MSG_REQUEST_FAILURE, b"")
-            else:
-                self.transport.sendPacket(wire.MSG_REQUEST_SUCCESS, reply.result)
-
-    def _on_request_success(self, payload: bytes) -> None:
-        if not self._our_requests:
-            raise RemoteProtocolError("REQUEST_SUCCESS without a pending global request")
-        _, d = self._our_requests.popleft()
-        d.callback(payload)
-
-    def _on_request_failure(self, payload: bytes) -> None:
-        if not self._our_requests:
-            raise RemoteProtocolError("REQUEST_FAILURE without a pending global request")
-        name, d = self._our_requests.popleft()
-        d.errback(GlobalRequestFailed(name))
 
     def _on_channel_open(self, payload: bytes) -> None:
         request = wire.ChannelOpen.parse(payload)

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_rfwd.ssh.channel import Channel
-from twisted_rfwd.ssh.transport import set_tcp_nodelay
+from twisted_rfwd.ssh.sockets import set_tcp_nodelay
 
 __all__ = ["ChannelRelay"]
 

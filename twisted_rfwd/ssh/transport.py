@@ -5,42 +5,36 @@ socket options, and how a peer's garbage is handled.
 Conch keeps doing key exchange, host-key signatures and key derivation.  The binary packet layer
 is ours (L{twisted_rfwd.protocol.ciphers}), for three reasons: AEAD ciphers and encrypt-then-MAC,
 which Conch lacks; strict key exchange (OpenSSH's Terrapin fix), which they require; and a receive
-path that neither re-copies its buffer per packet nor concatenates what it sends.
+path that neither re-copies its buffer per packet nor concatenates what it sends.  Where the two
+meet inside Conch, L{twisted_rfwd.ssh.conch} does the touching.
+
+Whose fault: a peer that breaks the protocol (L{RemoteProtocolError}) gets a C{PROTOCOL_ERROR}
+disconnect saying why, and one log line; any other exception while handling its bytes is a bug
+of ours, logged with its traceback, and the peer gets a neutral C{BY_APPLICATION} disconnect.
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import struct
 from typing import Any
 
 from twisted.conch.ssh.transport import (
+    DISCONNECT_BY_APPLICATION,
     DISCONNECT_PROTOCOL_ERROR,
     DISCONNECT_PROTOCOL_VERSION_NOT_SUPPORTED,
     MSG_DISCONNECT,
     MSG_NEWKEYS,
     SSHTransportBase,
 )
-from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from twisted_rfwd._version import __version__
 from twisted_rfwd.errors import MalformedPacket, RemoteProtocolError
 from twisted_rfwd.protocol.addresses import describe_address
 from twisted_rfwd.protocol.algorithms import CIPHERS, KEY_EXCHANGES, PUBLIC_KEY_ALGORITHMS
 from twisted_rfwd.protocol.algorithms import MACS as MACS_OFFERED
-from twisted_rfwd.protocol.ciphers import (
-    AEAD_CIPHERS,
-    MACS,
-    Opener,
-    PlainOpener,
-    PlainSealer,
-    Sealer,
-    make_opener,
-    make_sealer,
-)
+from twisted_rfwd.protocol.ciphers import AEAD_CIPHERS, Opener, PlainOpener, PlainSealer, Sealer
 from twisted_rfwd.protocol.messages import check_shape
 from twisted_rfwd.protocol.phases import (
     MSG_KEX_ECDH_REPLY,
@@ -52,7 +46,18 @@ from twisted_rfwd.protocol.phases import (
     refusal,
 )
 from twisted_rfwd.protocol.units import DEFAULT_REKEY_BYTES, DEFAULT_REKEY_SECONDS
-from twisted_rfwd.protocol.wire import MSG_CHANNEL_DATA, Reader, pack_string
+from twisted_rfwd.protocol.wire import (
+    CHANNEL_DATA_HEADER,
+    MSG_CHANNEL_DATA,
+    Reader,
+    pack_channel_data,
+    pack_channel_data_header,
+    pack_string,
+    pack_uint32,
+)
+from twisted_rfwd.ssh.conch import ConchTransportAdapter
+from twisted_rfwd.ssh.interfaces import IChannelDataSink, IKeyExchangeObserver, ISSHTransport
+from twisted_rfwd.ssh.sockets import ack_promptly, set_tcp_nodelay
 
 __all__ = [
     "CIPHERS",
@@ -61,7 +66,6 @@ __all__ = [
     "PUBLIC_KEY_ALGORITHMS",
     "VERSION_STRING",
     "TransportMixin",
-    "set_tcp_nodelay",
 ]
 
 # Every key exchange we offer is one Conch implements (curve25519 needs a recent cryptography).
@@ -83,13 +87,6 @@ _MAX_VERSION_LINE = 255
 _MAX_BLOCKED_BYTES = 8 * 1024 * 1024
 
 
-# Linux only: acknowledge received segments at once rather than after a delay.
-_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
-
-# CHANNEL_DATA's message number, recipient channel and data length.
-_DATA_HEADER = struct.Struct(">BLL")
-
-
 def _name(algorithm: bytes) -> str:
     return algorithm.decode("ascii", "replace")
 
@@ -98,59 +95,12 @@ def _mac_name(cipher: bytes, mac: bytes) -> str:
     return "(implicit MAC)" if cipher in AEAD_CIPHERS else _name(mac)
 
 
-# Bytes read per recv() on our sockets (Twisted's default is 64 KiB): fewer, larger reads mean
-# fewer reactor turns and fewer SSH packets per byte.  It is also Twisted's write high-water
-# mark, which stays well below the channel windows.
-READ_SIZE = 512 * 1024
+# What a CHANNEL_DATA packet adds to its data before sealing.
+_DATA_OVERHEAD = CHANNEL_DATA_HEADER.size
 
 
-def set_tcp_nodelay(transport: object) -> None:
-    """Turn Nagle off where the transport is TCP, and read in large chunks."""
-    tcp = ITCPTransport(transport, None)
-    if tcp is not None:
-        tcp.setTcpNoDelay(True)
-    if isinstance(transport, FileDescriptor):
-        transport.bufferSize = READ_SIZE
-        # Twisted sends at most 128 KiB per send(); more per call means fewer syscalls and
-        # fewer re-joins of a partly sent buffer.
-        transport.SEND_LIMIT = 4 * READ_SIZE
-
-
-class CipherSuite:
-    """
-    One key exchange's algorithms and, once keyed, their sealer and opener.  It stands where
-    Conch keeps its C{SSHCiphers} (C{nextEncryptions}, C{currentEncryptions}), whose attributes
-    Conch still reads.
-    """
-
-    def __init__(self, outCip: bytes, inCip: bytes, outMac: bytes, inMac: bytes) -> None:
-        self.outCipType = outCip
-        self.inCipType = inCip
-        self.outMACType = outMac
-        self.inMACType = inMac
-        self.encBlockSize = 0
-        self.decBlockSize = 0
-        self.verifyDigestSize = 0
-        self.sealer: Sealer = PlainSealer()
-        self.opener: Opener = PlainOpener()
-
-    def setKeys(
-        self,
-        outIV: bytes,
-        outKey: bytes,
-        inIV: bytes,
-        inKey: bytes,
-        outInteg: bytes,
-        inInteg: bytes,
-    ) -> None:
-        self.sealer = make_sealer(self.outCipType, self.outMACType, outKey, outIV, outInteg)
-        self.opener = make_opener(self.inCipType, self.inMACType, inKey, inIV, inInteg)
-        # Conch's client reads a non-zero block size as "keys are ready".
-        self.encBlockSize = self.decBlockSize = 16
-        self.verifyDigestSize = 16 if self.inCipType in AEAD_CIPHERS else MACS[self.inMACType][1]
-
-
-class TransportMixin:
+@implementer(ISSHTransport)
+class TransportMixin(ConchTransportAdapter):
     """Mixed in before Conch's client or server transport class."""
 
     _log = Logger()
@@ -173,12 +123,11 @@ class TransportMixin:
     supportedVersions: Any
     incomingPacketSequence: int
     outgoingPacketSequence: int
-    nextEncryptions: Any
-    currentEncryptions: Any
     service: Any
-    _keyExchangeState: Any
-    _KEY_EXCHANGE_NONE: Any
-    _blockedByKeyExchange: Any
+    packets_received: int
+    # What the current service provides, looked up once per service (see setService).
+    _channel_data_sink: IChannelDataSink | None = None
+    _key_exchange_observer: IKeyExchangeObserver | None = None
 
     supportedKeyExchanges: list[bytes] = KEY_EXCHANGES
 
@@ -214,14 +163,12 @@ class TransportMixin:
         methods = [k for k in self.supportedKeyExchanges if not k.startswith(b"kex-strict-")]
         self.supportedKeyExchanges = [*methods, marker]
         super().connectionMade()  # type: ignore[misc]
-        self.currentEncryptions = CipherSuite(b"none", b"none", b"none", b"none")
+        self.use_plain_ciphers()
 
     # -- sending -----------------------------------------------------------------------------
 
     def sendPacket(self, messageType: int, payload: bytes) -> None:
-        exchanging = self._keyExchangeState != self._KEY_EXCHANGE_NONE
-        if exchanging and not self._allowedKeyExchangeMessageType(messageType):  # type: ignore[attr-defined]
-            self._blockedByKeyExchange.append((messageType, payload))
+        if self.key_exchange_running and self.hold_for_key_exchange(messageType, payload):
             self._blocked_bytes += len(payload)
             if self._blocked_bytes > _MAX_BLOCKED_BYTES:
                 self.protocol_error("the key exchange we started was not answered")
@@ -232,7 +179,7 @@ class TransportMixin:
         self._write(sealed)
         if messageType == MSG_NEWKEYS:
             # Everything after our NEWKEYS goes out under the new keys.
-            self._sealer = self.nextEncryptions.sealer
+            self._sealer = self.next_ciphers.sealer
             if self._strict:
                 self.outgoingPacketSequence = 0
             if not self.isClient and self._peer_kex is KexStage.STARTED:
@@ -245,32 +192,32 @@ class TransportMixin:
         buffer and handed to the socket in one write, the data never copied into a payload.
         """
         size = len(data)
-        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
+        if self.key_exchange_running:
             for offset in range(0, size, max_packet):
                 chunk = data[offset : offset + max_packet]
-                header = _DATA_HEADER.pack(MSG_CHANNEL_DATA, recipient, len(chunk))
-                self.sendPacket(MSG_CHANNEL_DATA, header[1:] + chunk)
+                self.sendPacket(MSG_CHANNEL_DATA, pack_channel_data(recipient, chunk))
             return
         if not size:
             return
         sealer = self._sealer
         packets, last = divmod(size, max_packet)
+        full_size = sealer.sealed_size(_DATA_OVERHEAD + max_packet)
         if last:
-            total = packets * sealer.sealed_size(9 + max_packet) + sealer.sealed_size(9 + last)
+            total = packets * full_size + sealer.sealed_size(_DATA_OVERHEAD + last)
         else:
-            total = packets * sealer.sealed_size(9 + max_packet)
+            total = packets * full_size
         if len(self._output) < total:
             self._output = memoryview(bytearray(total))
         out = self._output
         seal_into = sealer.seal_into
         seq = self.outgoingPacketSequence
-        full = _DATA_HEADER.pack(MSG_CHANNEL_DATA, recipient, max_packet)
+        full = pack_channel_data_header(recipient, max_packet)
         view = memoryview(data)
         written = 0
         for offset in range(0, size, max_packet):
             chunk = view[offset : offset + max_packet]
             n = len(chunk)
-            header = full if n == max_packet else _DATA_HEADER.pack(MSG_CHANNEL_DATA, recipient, n)
+            header = full if n == max_packet else pack_channel_data_header(recipient, n)
             written += seal_into(out[written:], seq, header, chunk)
             seq = (seq + 1) & 0xFFFFFFFF
         self.outgoingPacketSequence = seq
@@ -284,12 +231,17 @@ class TransportMixin:
         if limit is not None and self._bytes_out > limit:
             self._rekey("sent")
 
+    def sendUnimplemented(self) -> None:
+        """Conch's, named here because the connection service relies on it (L{ISSHTransport})."""
+        super().sendUnimplemented()  # type: ignore[misc]
+
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         """Conch's, without its log line (which would repeat a reason built from peer bytes)."""
         if self._closing:
             return
         self._closing = True
-        self.sendPacket(MSG_DISCONNECT, struct.pack(">L", reason) + pack_string(desc) + b"\0\0\0\0")
+        # Reason code, description, and an empty language tag.
+        self.sendPacket(MSG_DISCONNECT, pack_uint32(reason) + pack_string(desc) + pack_string(b""))
         # Whoever decided to disconnect has logged why: no second line with the same reason.
         self._log.debug("Disconnecting {peer} (code {code})", peer=self._peer(), code=reason)
         if self.transport is not None:
@@ -298,7 +250,7 @@ class TransportMixin:
     # -- receiving ---------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
+        if self.key_exchange_running:
             self._ack_promptly()
         try:
             if not self.gotVersion:
@@ -319,10 +271,10 @@ class TransportMixin:
         except RemoteProtocolError as e:
             self.protocol_error(str(e))
         except Exception:
-            # Conch's kex parsers raise struct.error, IndexError, ValueError... on garbage.  Say
-            # so once, with the traceback for whoever debugs it, and drop only this connection.
-            self._log.failure("Could not handle a message from {peer}", peer=self._peer())
-            self.protocol_error("could not handle a message")
+            # Not the peer's fault: every way a peer can break the protocol raises
+            # RemoteProtocolError (the hostile suite checks so).  Ours to fix: the traceback for
+            # whoever debugs it, and a disconnect that does not blame the peer.
+            self._internal_error()
 
     def _read_version(self, data: bytes) -> bytes:
         """Collect the peer's identification line; return what follows it."""
@@ -417,9 +369,9 @@ class TransportMixin:
                 refusal(self._side, self._phase(), self._peer_kex, message, end - start)
             )
         if message == MSG_CHANNEL_DATA:
-            fast = getattr(self.service, "channel_data", None)
-            if fast is not None:
-                fast(plaintext, start + 1, end)
+            sink = self._channel_data_sink
+            if sink is not None:
+                sink.channel_data(plaintext, start + 1, end)
                 return
         payload = plaintext[start + 1 : end]
         if message == MSG_USERAUTH_REQUEST and self._phase() is Phase.CONNECTION:
@@ -453,6 +405,9 @@ class TransportMixin:
         self._update_accepting()
 
     def setService(self, service: Any) -> None:
+        # Which declared interfaces the new service provides, decided here once, not per packet.
+        self._channel_data_sink = service if IChannelDataSink.providedBy(service) else None
+        self._key_exchange_observer = service if IKeyExchangeObserver.providedBy(service) else None
         super().setService(service)  # type: ignore[misc]
         self._update_accepting()
 
@@ -511,16 +466,8 @@ class TransportMixin:
                 raise RemoteProtocolError("strict KEX: KEXINIT was not the first message")
             self._update_accepting()
         result = super().ssh_KEXINIT(packet)  # type: ignore[misc]
-        negotiated: Any = getattr(self, "nextEncryptions", None)
-        fresh = negotiated is not None and not isinstance(negotiated, CipherSuite)
-        if fresh and None not in vars(negotiated).values() and not self._closing:
-            suite = CipherSuite(
-                negotiated.outCipType,
-                negotiated.inCipType,
-                negotiated.outMACType,
-                negotiated.inMACType,
-            )
-            self.nextEncryptions = suite
+        suite = None if self._closing else self.take_negotiated_ciphers()
+        if suite is not None:
             self._log.info(
                 "Key exchange with {peer}: {kex}, host key {host_key}, "
                 "out {out_cipher} {out_mac}, in {in_cipher} {in_mac}{strict}",
@@ -538,9 +485,8 @@ class TransportMixin:
     def sendKexInit(self) -> None:
         super().sendKexInit()  # type: ignore[misc]
         self._ack_promptly()
-        started = getattr(self.service, "key_exchange_started", None)
-        if started is not None:
-            started()
+        if self._key_exchange_observer is not None:
+            self._key_exchange_observer.key_exchange_started()
 
     def _ack_promptly(self) -> None:
         """
@@ -550,22 +496,19 @@ class TransportMixin:
         acknowledgement by up to 40 ms: each re-key stalled the tunnel that long.  The kernel
         leaves quick-ack mode by itself, so this is repeated on each read until the exchange ends.
         """
-        get_handle = getattr(self.transport, "getHandle", None)
-        if _TCP_QUICKACK is None or get_handle is None:
-            return
-        with contextlib.suppress(OSError, AttributeError):  # not a TCP socket
-            get_handle().setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        ack_promptly(self.transport)
 
     def ssh_NEWKEYS(self, packet: bytes) -> None:
         self._set_peer_kex(KexStage.IDLE)
-        if not self.nextEncryptions.encBlockSize:
+        if not self.next_ciphers.keyed:
             # Our own NEWKEYS is not out yet (Conch's client waits on the host-key check):
             # everything behind the peer's NEWKEYS needs the new keys, so stop reading.
             self._awaiting_keys = True
         super().ssh_NEWKEYS(packet)  # type: ignore[misc]
 
-    def _newKeys(self) -> None:
-        self._opener = self.nextEncryptions.opener
+    def before_new_keys(self) -> None:
+        """Read with the new keys from now on, and start counting towards the next re-key."""
+        self._opener = self.next_ciphers.opener
         if self._strict:
             self.incomingPacketSequence = 0
         self._initial_kex = False
@@ -573,10 +516,11 @@ class TransportMixin:
         self._update_accepting()
         self._bytes_out = self._bytes_in = 0
         self._schedule_rekey()
-        super()._newKeys()  # type: ignore[misc]
-        finished = getattr(self.service, "key_exchange_finished", None)
-        if finished is not None:
-            finished()
+
+    def after_new_keys(self) -> None:
+        """The held packets are out: let the service send again, and read what waited."""
+        if self._key_exchange_observer is not None:
+            self._key_exchange_observer.key_exchange_finished()
         self._resume_reading()
 
     def _schedule_rekey(self) -> None:
@@ -590,7 +534,7 @@ class TransportMixin:
 
     def _rekey(self, why: str) -> None:
         """Start a key re-exchange (RFC 4253 section 9), unless one is already under way."""
-        if self._closing or self._initial_kex or self._keyExchangeState != self._KEY_EXCHANGE_NONE:
+        if self._closing or self._initial_kex or self.key_exchange_running:
             return
         self._log.debug("Re-exchanging keys with {peer}: {why}", peer=self._peer(), why=why)
         # Reset first: sending KEXINIT counts bytes, and Conch marks the exchange as started
@@ -616,6 +560,18 @@ class TransportMixin:
             reason=message,
         )
         self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, message.encode("utf-8"))
+
+    def _internal_error(self) -> None:
+        """
+        Handling the peer's bytes raised something the peer did not cause: a bug of ours.  Log
+        it with its traceback (call this from the C{except} block), and disconnect the peer
+        without claiming it erred.
+        """
+        self._log.failure(
+            "Bug in rfwd while handling a message from {peer}; disconnecting", peer=self._peer()
+        )
+        if not self._closing:
+            self.sendDisconnect(DISCONNECT_BY_APPLICATION, b"internal error")
 
     def _peer(self) -> str:
         return describe_address(self.transport.getPeer())
