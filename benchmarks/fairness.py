@@ -32,26 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-# Run as a script, as run.py is: its helpers are imported from the package path mypy also uses.
+# Run as a script, as run.py is: the package path mypy also uses, after the checkout under test.
 sys.path.append(str(Path(__file__).resolve().parent.parent))
-from benchmarks.run import (
-    CHECKOUT,
-    CHUNK,
-    LOOPBACK,
-    MODE_ECHO,
-    MODE_UP,
-    Child,
-    Keys,
-    PairSpec,
-    StartError,
-    free_port,
-    make_keys,
-    pattern,
-    plugin_env,
-    raise_nofile_limit,
-    start_instance,
-    stop_all,
-)
+from benchmarks.appserver import LISTENING as APP_LISTENING
+from benchmarks.loadgen import raise_nofile_limit
+from benchmarks.pairs import PairSpec, start_instance
+from harness.application import CHUNK, MODE_ECHO, MODE_VERIFY, pattern_stream
+from harness.keys import Keys, make_keys
+from harness.plugins import CHECKOUT, SERVER_LISTENING, plugin_env
+from harness.ports import LOOPBACK, free_port
+from harness.processes import Child, StartError, stop_all
 
 LOADERS = 2  # threads pushing into the loader's forward at once
 
@@ -105,13 +95,13 @@ class Load:
     closed_by_server: int = 0
 
     def run(self) -> None:
-        stream = pattern()
+        stream = pattern_stream()
         while not self.stop.is_set():
             try:
                 with socket.create_connection((LOOPBACK, self.port), 5.0) as s:
                     self.connections += 1
                     s.settimeout(0.5)
-                    s.sendall(MODE_UP)
+                    s.sendall(MODE_VERIFY)
                     offset = 0
                     while not self.stop.is_set():
                         try:
@@ -127,21 +117,22 @@ class Load:
 
 def echo_seconds(port: int, payload: bytes) -> float:
     """Time of one echo of C{payload} through C{port}; every byte is checked."""
+    request = MODE_ECHO + payload  # the mode byte comes back too
     with socket.create_connection((LOOPBACK, port), 10.0) as s:
         s.settimeout(60.0)
         start = time.monotonic()
-        sender = threading.Thread(target=s.sendall, args=(MODE_ECHO + payload,))
+        sender = threading.Thread(target=s.sendall, args=(request,))
         sender.start()
         received = bytearray()
-        while len(received) < len(payload):
+        while len(received) < len(request):
             chunk = s.recv(CHUNK)
             if not chunk:
                 break
             received += chunk
         elapsed = time.monotonic() - start
         sender.join()
-    if received != payload:
-        raise RuntimeError(f"echo came back wrong ({len(received)} of {len(payload)} bytes)")
+    if received != request:
+        raise RuntimeError(f"echo came back wrong ({len(received)} of {len(request)} bytes)")
     return elapsed
 
 
@@ -209,7 +200,7 @@ def main(argv: Sequence[str]) -> int:
         loader_client_main(args)
     checkout: Path = args.checkout.resolve()
     loads = [int(x) for x in args.loads.split(",") if x.strip()]
-    payload = bytes(pattern().window(0, min(args.size, CHUNK)))
+    payload = bytes(pattern_stream().window(0, min(args.size, CHUNK)))
     payload = (payload * (args.size // len(payload) + 1))[: args.size]
     raise_nofile_limit()
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -220,11 +211,11 @@ def main(argv: Sequence[str]) -> int:
     rows: list[tuple[str, float, float, str]] = []
     print(f"rfwd fairness: {args.size} B echoes, median of {args.echoes}; rfwd from {checkout}")
     try:
-        keys = make_keys(tmp)
+        keys = make_keys(tmp / "keys", comment="rfwd-bench")
         inst = start_instance(PairSpec("rfwd", "rfwd", "rfwd"), keys, workdir / "pair", checkout)
         assert inst.server is not None
-        ssh_port = int(inst.server.wait_for(r"rfwd-server listening on [\d.]+:(\d+)").group(1))
-        app_port = int(inst.app.wait_for(r"app server listening on (\d+)").group(1))
+        ssh_port = int(inst.server.wait_for(SERVER_LISTENING).group(1))
+        app_port = int(inst.app.wait_for(APP_LISTENING).group(1))
         base = measure(inst.listen_port, payload, args.echoes)
         rows.append(("none", base, 1.0, ""))
         print(f"  no load: {base * 1000:.1f} ms", flush=True)

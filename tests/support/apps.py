@@ -1,19 +1,14 @@
 """
-Application server and clients for loopback tests: the traffic a tunnel carries.
+Application server and clients for loopback tests: the traffic a tunnel carries, on the reactor.
 
-The first byte a client sends picks what the server does:
-  - C{E} echo every byte (the C{E} included) until EOF, then shut down writing;
-  - C{U} upload: read to EOF, then answer C{"<count> <sha256>\\n"} and close;
-  - C{D} download: an 8-byte big-endian count follows; send that many pattern bytes, close;
-  - C{H} hold: stop reading (the test resumes it), then behave as C{U}.
+The server speaks modes E (echo), U (upload), D (download) and H (hold) of the application
+protocol in L{harness.application}, which also makes the data and the digest lines.
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
 import socket
-import struct
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -24,19 +19,29 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-_BLOCK = random.Random(0x5EED).randbytes(1 << 20)
+from harness.application import (
+    DOWNLOAD_SIZE,
+    MODE_DOWNLOAD,
+    MODE_ECHO,
+    MODE_HOLD,
+    MODE_UPLOAD,
+    digest_line,
+    digest_reply,
+    pattern,
+)
 
-
-def pattern(size: int, seed: int = 0) -> bytes:
-    """C{size} deterministic bytes; different seeds give different streams."""
-    start = (seed * 7919) % len(_BLOCK)
-    block = _BLOCK[start:] + _BLOCK[:start]
-    whole, rest = divmod(size, len(block))
-    return block * whole + block[:rest]
-
-
-def digest_line(data: bytes) -> bytes:
-    return f"{len(data)} {hashlib.sha256(data).hexdigest()}\n".encode()
+__all__ = [
+    "AppServerFactory",
+    "AppServerProtocol",
+    "Pusher",
+    "digest_line",
+    "echo_ok",
+    "exchange",
+    "finish_and_read",
+    "pattern",
+    "start_app_server",
+    "wait_until_echo",
+]
 
 
 @implementer(IHalfCloseableProtocol)
@@ -55,24 +60,24 @@ class AppServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.mode is None:
             self.mode, data = data[:1], data[1:]
-            if self.mode == b"E":
-                self.transport.write(b"E")  # type: ignore[union-attr]
-            elif self.mode == b"H":
+            if self.mode == MODE_ECHO:
+                self.transport.write(MODE_ECHO)  # type: ignore[union-attr]
+            elif self.mode == MODE_HOLD:
                 self.transport.pauseProducing()  # type: ignore[union-attr]
                 self.factory.held.append(self)
                 if not self.factory.held_waiter.called:
                     self.factory.held_waiter.callback(self)
         if not data:
             return
-        if self.mode == b"E":
+        if self.mode == MODE_ECHO:
             self.transport.write(data)  # type: ignore[union-attr]
-        elif self.mode in (b"U", b"H"):
+        elif self.mode in (MODE_UPLOAD, MODE_HOLD):
             self.count += len(data)
             self.hash.update(data)
-        elif self.mode == b"D":
+        elif self.mode == MODE_DOWNLOAD:
             self.header += data
-            if len(self.header) >= 8:
-                (size,) = struct.unpack(">Q", self.header[:8])
+            if len(self.header) >= DOWNLOAD_SIZE.size:
+                (size,) = DOWNLOAD_SIZE.unpack(self.header[: DOWNLOAD_SIZE.size])
                 self.header = b"\xff" * 100  # ignore anything more
                 self.transport.write(pattern(size))  # type: ignore[union-attr]
                 self.transport.loseConnection()  # type: ignore[union-attr]
@@ -81,13 +86,13 @@ class AppServerProtocol(Protocol):
         self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def readConnectionLost(self) -> None:
-        if self.mode in (b"U", b"H"):
-            line = f"{self.count} {self.hash.hexdigest()}\n".encode()
+        if self.mode in (MODE_UPLOAD, MODE_HOLD):
+            line = digest_reply(self.count, self.hash.hexdigest())
             self.transport.write(line)  # type: ignore[union-attr]
             self.transport.loseConnection()  # type: ignore[union-attr]
-        elif self.mode == b"E":
+        elif self.mode == MODE_ECHO:
             self.transport.loseWriteConnection()  # type: ignore[union-attr]
-        elif self.mode != b"D":
+        elif self.mode != MODE_DOWNLOAD:
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     def writeConnectionLost(self) -> None:
@@ -151,10 +156,10 @@ async def exchange(reactor: Any, port: int, request: bytes, timeout: float = 60.
 async def echo_ok(reactor: Any, port: int, payload: bytes = b"ping") -> bool:
     """One echo through C{port}; False if anything goes wrong."""
     try:
-        answer = await exchange(reactor, port, b"E" + payload, timeout=5)
+        answer = await exchange(reactor, port, MODE_ECHO + payload, timeout=5)
     except Exception:
         return False
-    return answer == b"E" + payload
+    return answer == MODE_ECHO + payload
 
 
 async def wait_until_echo(reactor: Any, port: int, deadline: float = 30.0) -> None:
@@ -177,7 +182,7 @@ class Pusher:
         self.hash = hashlib.sha256()
 
     def digest_line(self) -> bytes:
-        return f"{self.sent} {self.hash.hexdigest()}\n".encode()
+        return digest_reply(self.sent, self.hash.hexdigest())
 
     async def push_until_stalled(
         self, reactor: Any, limit: int, quiet: float = 1.5, deadline: float = 60.0

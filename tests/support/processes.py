@@ -8,12 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
-import socket
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -23,7 +19,24 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
-REPOSITORY = Path(__file__).resolve().parents[2]
+from harness.openssh import find_program
+from harness.plugins import CHECKOUT, plugin_env, twistd_argv
+from harness.ports import free_port
+from harness.proc import descendants, rss_kib
+
+__all__ = [
+    "REPOSITORY",
+    "ChildProcess",
+    "ProcessFailed",
+    "descendants",
+    "free_port",
+    "openssh_binary",
+    "plugin_env",
+    "spawn",
+    "twistd_argv",
+]
+
+REPOSITORY = CHECKOUT
 
 
 class ProcessFailed(Exception):
@@ -167,11 +180,10 @@ class ChildProcess(ProcessProtocol):
 
     def rss_kib(self) -> int:
         """Resident memory of the process now."""
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise ProcessFailed(f"no VmRSS for {self.name}")
+        found = rss_kib(self.pid)
+        if found is None:
+            raise ProcessFailed(f"no VmRSS for {self.name}")
+        return found
 
 
 def spawn(
@@ -193,63 +205,11 @@ def spawn(
     return child
 
 
-def twistd_argv(plugin: str, *arguments: str) -> list[str]:
-    """Run this checkout's twistd plugin (PYTHONPATH set by L{plugin_env})."""
-    return [
-        sys.executable,
-        "-c",
-        "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
-        "-n",
-        "--pidfile=",
-        plugin,
-        *arguments,
-    ]
-
-
-def plugin_env() -> dict[str, str]:
-    """Make the checkout's twisted_rfwd and plugin file win over any installed copy."""
-    existing = os.environ.get("PYTHONPATH")
-    path = str(REPOSITORY) if not existing else f"{REPOSITORY}{os.pathsep}{existing}"
-    return {"PYTHONPATH": path}
-
-
-def descendants(pid: int) -> list[int]:
-    """The process IDs below C{pid} (children, grandchildren...), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(parent, []).append(int(entry))
-    found: list[int] = []
-    pending = list(children.get(pid, []))
-    while pending:
-        child = pending.pop()
-        found.append(child)
-        pending.extend(children.get(child, []))
-    return found
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def openssh_binary(name: str) -> str:
     """Path of an OpenSSH program; skip the test if missing, unless CI requires OpenSSH."""
-    found = shutil.which(name)
+    found = find_program(name)
     if found:
         return found
-    if os.path.exists(f"/usr/sbin/{name}"):
-        return f"/usr/sbin/{name}"
     message = f"OpenSSH's {name} is not installed"
     if os.environ.get("RFWD_REQUIRE_OPENSSH"):
         raise ProcessFailed(message + " (RFWD_REQUIRE_OPENSSH is set)")

@@ -1,0 +1,108 @@
+"""OpenSSH's sshd and ssh for a loopback pair: where they are, their configurations, their argv."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from harness.keys import Keys
+
+SSHD_LISTENING = r"Server listening on 127\.0\.0\.1 port"
+"""What C{sshd -e} logs once it accepts connections."""
+
+_SSHD_CONFIG = """\
+ListenAddress 127.0.0.1
+HostKey {host_key}
+PidFile none
+AuthorizedKeysFile {authorized_keys}
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PermitRootLogin prohibit-password
+AllowTcpForwarding yes
+GatewayPorts no
+StrictModes no
+UseDNS no
+PrintMotd no
+"""
+
+_SSH_CONFIG = """\
+Host {host}
+  HostName 127.0.0.1
+  Port {port}
+  User {user}
+  IdentityFile {user_key}
+  IdentitiesOnly yes
+  StrictHostKeyChecking no
+  UserKnownHostsFile {known_hosts}
+  BatchMode yes
+  ExitOnForwardFailure yes
+  LogLevel {log_level}
+"""
+
+
+def find_program(name: str) -> str | None:
+    """Path of an OpenSSH program (sshd is often outside a user's PATH), or None."""
+    found = shutil.which(name)
+    if found:
+        return found
+    if os.path.exists(f"/usr/sbin/{name}"):
+        return f"/usr/sbin/{name}"
+    return None
+
+
+def sshd_config_template(log_level: str, settings: str = "") -> str:
+    """
+    An sshd_config for loopback public-key logins with forwarding, with format fields C{host_key}
+    and C{authorized_keys} left to fill in; C{settings} lines follow the fixed ones.
+    """
+    return _SSHD_CONFIG + f"LogLevel {log_level}\n" + settings
+
+
+def sshd_config(keys: Keys, log_level: str, settings: str = "") -> str:
+    """The L{sshd_config_template} filled in with C{keys}."""
+    return sshd_config_template(log_level, settings).format(
+        host_key=keys.host_key, authorized_keys=keys.authorized_keys
+    )
+
+
+def prepare_sshd() -> None:
+    """Run as root, sshd wants its privilege separation directory to exist."""
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+
+
+def sshd_argv(sshd: str, config: Path, port: int) -> list[str]:
+    """sshd in the foreground, logging to stderr, with its own config and port."""
+    return [sshd, "-D", "-e", "-f", str(config), "-p", str(port)]
+
+
+def ssh_config(
+    keys: Keys, host: str, port: int, known_hosts: Path, log_level: str, extra: str = ""
+) -> str:
+    """An C{ssh -F} file for C{host}: C{keys}' user key, C{port}, a known_hosts of its own."""
+    return (
+        _SSH_CONFIG.format(
+            host=host,
+            port=port,
+            user=keys.user,
+            user_key=keys.user_key,
+            known_hosts=known_hosts,
+            log_level=log_level,
+        )
+        + extra
+    )
+
+
+def ssh_argv(
+    ssh: str, config: Path, host: str, forwards: Iterable[str], *options: str
+) -> list[str]:
+    """C{ssh -N -F config [options] -R ... host}: forwards only, no session."""
+    arguments = [ssh, "-N", "-F", str(config), *options]
+    for spec in forwards:
+        arguments += ["-R", spec]
+    arguments.append(host)
+    return arguments
