@@ -34,6 +34,7 @@ from twisted_rfwd.client.agent import (
     prepare_identities,
     signature_flags,
 )
+from twisted_rfwd.client.forwards import ForwardStatus
 from twisted_rfwd.client.identity import (
     EncryptedKey,
     Identity,
@@ -41,7 +42,6 @@ from twisted_rfwd.client.identity import (
     load_identity,
     load_public_identity,
 )
-from twisted_rfwd.client.tunnel import ForwardStatus
 from twisted_rfwd.client.userauth import PublicKeyAuth
 from twisted_rfwd.errors import AuthenticationFailed, KeyLoadError
 from twisted_rfwd.protocol.spec import parse_remote_forward

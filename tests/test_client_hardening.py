@@ -32,7 +32,9 @@ from tests.support.memory import MemoryRig
 from tests.support.pairs import make_keys, start_rfwd_client, start_rfwd_server
 from tests.support.processes import free_port
 from twisted_rfwd.client.config import HostKeyPolicy
-from twisted_rfwd.client.tunnel import ClientTransport, ForwardStatus, Tunnel
+from twisted_rfwd.client.forwards import ForwardStatus
+from twisted_rfwd.client.transport import ClientTransport
+from twisted_rfwd.client.tunnel import Tunnel
 from twisted_rfwd.errors import (
     ChangedHostKey,
     ChangedHostKeyForwardingDisabled,

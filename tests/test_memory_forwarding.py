@@ -14,7 +14,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests.support.keys import new_key, public_line
 from tests.support.memory import MemoryRig
 from tests.support.streams import FakeStream
-from twisted_rfwd.client.tunnel import ForwardStatus, Tunnel
+from twisted_rfwd.client.forwards import ForwardStatus
+from twisted_rfwd.client.tunnel import Tunnel
 from twisted_rfwd.errors import (
     AuthenticationFailed,
     ChannelOpenFailed,

@@ -26,7 +26,8 @@ from tests.support.keys import new_key, public_line
 from tests.support.streams import FakeStream
 from twisted_rfwd.client.config import ClientConfig, HostKeyPolicy
 from twisted_rfwd.client.identity import Identity
-from twisted_rfwd.client.tunnel import ClientTransport, Tunnel
+from twisted_rfwd.client.transport import ClientTransport
+from twisted_rfwd.client.tunnel import Tunnel
 from twisted_rfwd.protocol.spec import RemoteForward
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.factory import ForwardingServerFactory, ServerTransport

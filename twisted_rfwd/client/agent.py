@@ -24,7 +24,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_rfwd.client.connection import connect_error_text
+from twisted_rfwd.client.connect_errors import connect_error_text
 from twisted_rfwd.client.identity import Identity, PublicOnlyIdentity
 from twisted_rfwd.errors import MalformedPacket, RfwdError
 from twisted_rfwd.protocol.wire import Reader, pack_string

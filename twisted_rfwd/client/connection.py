@@ -10,18 +10,19 @@ the operating system's reason.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IConnector
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_rfwd.client.config import ClientConfig
+from twisted_rfwd.client.connect_errors import connect_error_text
+from twisted_rfwd.client.interfaces import IConnectionOwner
 from twisted_rfwd.errors import ChannelOpenFailed
 from twisted_rfwd.protocol import wire
 from twisted_rfwd.protocol.addresses import host_port
@@ -31,10 +32,12 @@ from twisted_rfwd.ssh.channel import Channel
 from twisted_rfwd.ssh.mux import ChannelMux
 from twisted_rfwd.ssh.relay import ChannelRelay
 
-if TYPE_CHECKING:
-    from twisted_rfwd.client.tunnel import Tunnel
-
-__all__ = ["DESTINATION_CONNECT_TIMEOUT", "ForwardingClientConnection", "connect_destination"]
+__all__ = [
+    "DESTINATION_CONNECT_TIMEOUT",
+    "ForwardingClientConnection",
+    "connect_destination",
+    "connect_error_text",
+]
 
 DESTINATION_CONNECT_TIMEOUT = 30.0
 
@@ -106,32 +109,32 @@ def connect_destination(
     return connecting
 
 
-def connect_error_text(failure: Failure) -> str:
-    """The operating system's words for a failed connect ("Connection refused")."""
-    error = failure.value
-    if isinstance(error, TimeoutError):
-        return "Connection timed out"
-    if isinstance(error, DNSLookupError):
-        return "Name or service not known"
-    if isinstance(error, ConnectError) and isinstance(error.osError, int):
-        return os.strerror(error.osError)
-    return failure.getErrorMessage()
-
-
 class ForwardingClientConnection(ChannelMux):
-    """Serves the forwards of one L{Tunnel}."""
+    """
+    Serves the forwards of one tunnel: C{owner} is told when the service starts and when the
+    server stops answering, and says which forward a channel belongs to.
+    """
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, tunnel: Tunnel) -> None:
-        config = tunnel.config
+    def __init__(self, reactor: Any, config: ClientConfig, owner: IConnectionOwner) -> None:
         super().__init__(reactor, window_size=config.window_size, max_packet=config.max_packet)
         self.reactor = reactor
-        self.tunnel = tunnel
-        self.accepting = True
+        self._config = config
+        self._owner = owner
+        self._accepting = True
 
     def serviceStarted(self) -> None:
-        self.tunnel.connection_started(self)
+        self._owner.connection_started(self)
+
+    def stop_accepting(self) -> None:
+        """Refuse new forwarded connections from now on (the client is stopping)."""
+        self._accepting = False
+
+    @property
+    def open_channel_count(self) -> int:
+        """How many forwarded connections are open."""
+        return len(self.channels)
 
     def request_forward(self, spec: RemoteForward) -> Deferred[int]:
         """Ask for one forward; fires with the port the server listens on."""
@@ -148,8 +151,8 @@ class ForwardingClientConnection(ChannelMux):
         )
 
     def peer_not_responding(self, silent_for: float) -> None:
-        config = self.tunnel.config
-        self.tunnel.peer_disconnected(
+        config = self._config
+        self._owner.peer_disconnected(
             f"Timeout, server {config.host} not responding "
             f"({config.server_alive_count_max} keepalives unanswered)"
         )
@@ -170,11 +173,11 @@ class ForwardingClientConnection(ChannelMux):
                 f"{channel_type.decode('ascii', 'replace')}",
             )
         request = wire.ForwardedTcpip.parse(data)
-        if not self.accepting:
+        if not self._accepting:
             raise ChannelOpenFailed(
                 wire.OPEN_ADMINISTRATIVELY_PROHIBITED, "rfwd-client is stopping"
             )
-        spec = self.tunnel.forward_for(request.connected_address, request.connected_port)
+        spec = self._owner.forward_for(request.connected_address, request.connected_port)
         if spec is None:
             # ssh answers ADMINISTRATIVELY_PROHIBITED too (its text is "open failed").
             self._log.warn(

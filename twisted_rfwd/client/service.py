@@ -1,10 +1,10 @@
 """
 The client as a Twisted service that keeps its tunnel up: what makes autossh unnecessary.
 
-Reconnection is Twisted's L{ClientService}, at the TCP level; each connection gets a fresh
-L{Tunnel}.  A connection attempt counts as a success only once it is authenticated and every
-forward has been answered, and the backoff grows with each attempt that falls short of that
-(ClientService's own counter restarts at every TCP connect, so the policy keeps its own).
+Reconnection is Twisted's L{ClientService}; each connection gets a fresh L{Tunnel}.  A connection
+attempt counts as a success only once it is authenticated and every forward has been answered
+(L{ReadyTunnelEndpoint}), so ClientService's own count of failed attempts, which the backoff
+grows with, restarts only then.
 
 What retrying cannot fix ends the service through C{on_fatal}: an unknown or changed host key or
 a refused login on the first attempt, and a refused forward under C{ExitOnForwardFailure}.
@@ -16,39 +16,35 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from twisted_rfwd.client.config import ClientConfig
+from twisted_rfwd.client.forwards import ForwardState, ForwardStatus
+from twisted_rfwd.client.ready_endpoint import ReadyTunnelEndpoint, tunnel_handles
 from twisted_rfwd.client.status import StatusFile, timestamp
-from twisted_rfwd.client.tunnel import (
-    ClientTransport,
-    ForwardState,
-    ForwardStatus,
-    Tunnel,
-    client_endpoint,
-)
+from twisted_rfwd.client.tunnel import Tunnel, client_endpoint
 from twisted_rfwd.errors import ForwardRefused, RfwdError
 
-__all__ = ["TunnelService"]
+__all__ = ["TunnelService", "TunnelState"]
 
 _log = Logger()
 
 
-class _TunnelFactory(Factory):
-    noisy = False
+class TunnelState(Enum):
+    """Where the service stands; the values are what the status file shows."""
 
-    def __init__(self, service: TunnelService) -> None:
-        self.service = service
-
-    def buildProtocol(self, addr: object) -> ClientTransport:
-        return ClientTransport(self.service.new_tunnel())
+    CONNECTING = "connecting"  # started, no tunnel ready yet
+    CONNECTED = "connected"  # a tunnel is ready
+    DISCONNECTED = "disconnected"  # the tunnel was lost: retrying
+    STOPPED = "stopped"  # not started, or stopped
+    FAILED = "failed"  # given up: what ended it went to on_fatal
 
 
 class TunnelService(Service):
@@ -72,11 +68,9 @@ class TunnelService(Service):
         self.status = StatusFile(config.status_file) if config.status_file else None
         self.connections = 0
         self.last_error: str | None = None
-        self.state = "stopped"
+        self.state = TunnelState.STOPPED
         self._since = reactor.seconds()
-        self._failures = 0
         self._backoff = backoffPolicy(config.reconnect_initial_delay, config.reconnect_max_delay)
-        self._deadline: IDelayedCall | None = None
         self._retries: dict[int, IDelayedCall] = {}
         self._client: ClientService | None = None
         self._ended = False
@@ -86,9 +80,16 @@ class TunnelService(Service):
     def startService(self) -> None:
         super().startService()
         self._ended = False
-        self._set_state("connecting")
+        self._set_state(TunnelState.CONNECTING)
+        endpoint = ReadyTunnelEndpoint(
+            self.endpoint,
+            self.new_tunnel,
+            self._end_tunnel,
+            self.reactor,
+            self.config.connect_timeout,
+        )
         self._client = ClientService(
-            self.endpoint, _TunnelFactory(self), retryPolicy=self._next_delay, clock=self.reactor
+            endpoint, tunnel_handles(), retryPolicy=self._next_delay, clock=self.reactor
         )
         self._client.startService()
 
@@ -96,58 +97,48 @@ class TunnelService(Service):
         """Drain the open forwarded connections (bounded), disconnect, and stop retrying."""
         super().stopService()
         self._ended = True
-        self._cancel_timers()
+        self._cancel_retries()
         tunnel = self.tunnel
-        draining = (
-            tunnel.drain(self.config.drain_time).addCallback(lambda _: None)
-            if tunnel is not None and tunnel.connection is not None
-            else succeed(None)
-        )
-
-        def stop_client(_: object) -> Deferred[None]:
-            client, self._client = self._client, None
-            return client.stopService() if client is not None else succeed(None)
+        client, self._client = self._client, None
+        # ClientService ends the tunnel it holds, or the one being set up, with _end_tunnel.
+        stopping = client.stopService() if client is not None else succeed(None)
+        if tunnel is not None:
+            # Cancelling a half-made tunnel's attempt does not wait for its connection to close.
+            closed = tunnel.when_closed()
+            stopping.addBoth(lambda _: closed)
 
         def stopped(_: object) -> None:
-            self._set_state("stopped")
+            self._set_state(TunnelState.STOPPED)
 
-        return draining.addBoth(stop_client).addBoth(stopped)
+        return stopping.addBoth(stopped)
+
+    def _end_tunnel(self, tunnel: Tunnel) -> None:
+        """Stopping: a logged-in tunnel is drained, one still being set up is hung up."""
+        if tunnel.connection is not None:
+            tunnel.drain(self.config.drain_time)
+        else:
+            tunnel.hang_up()
 
     # -- one connection attempt -------------------------------------------------------------
 
     def new_tunnel(self) -> Tunnel:
-        """A TCP connection was made: give it a fresh tunnel and a deadline to get ready."""
+        """A TCP connection was made: give it a fresh tunnel, watched by this service."""
         tunnel = Tunnel(self.reactor, self.config)
         tunnel.on_change = self._write_status
         self.tunnel = tunnel
-        self._deadline = self.reactor.callLater(self.config.connect_timeout, self._too_slow, tunnel)
         tunnel.when_ready().addCallbacks(self._ready, lambda _: None)
         tunnel.when_closed().addCallback(self._closed, tunnel)
         return tunnel
 
-    def _too_slow(self, tunnel: Tunnel) -> None:
-        self._deadline = None
-        tunnel.peer_disconnected(
-            f"no tunnel within ConnectTimeout ({self.config.connect_timeout:g} s)"
-        )
-        tunnel.abort()
-
     def _ready(self, tunnel: Tunnel) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-        self._failures = 0
         self.connections += 1
         self.last_error = None
-        self._set_state("connected")
+        self._set_state(TunnelState.CONNECTED)
         for state in tunnel.forwards:
             if state.status is ForwardStatus.REFUSED:
                 self._retry_later(tunnel, state, 0)
 
     def _closed(self, reason: RfwdError, tunnel: Tunnel) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
         self._cancel_retries()
         if self.tunnel is tunnel:
             self.tunnel = None
@@ -158,22 +149,24 @@ class TunnelService(Service):
         give_up = fatal is not None and (isinstance(fatal, ForwardRefused) or self.connections == 0)
         if give_up or not self.config.reconnect:
             self._ended = True
-            self._set_state("failed")
+            self._set_state(TunnelState.FAILED)
             # Not logged here: on_fatal reports it (the plugin logs it once, then exits 255).
             if self._client is not None:
                 self._client.stopService()
             self.on_fatal(fatal or reason)
             return
         _log.warn("{reason}; reconnecting", reason=str(reason))
-        self._set_state("disconnected")
+        self._set_state(TunnelState.DISCONNECTED)
 
     def _next_delay(self, attempt: int) -> float:
-        """ClientService's retry policy, counting attempts that never got ready."""
-        delay = float(self._backoff(self._failures))
-        self._failures += 1
+        """
+        ClientService's retry policy: C{attempt} counts the attempts since a tunnel was last
+        ready (1 for the first retry, which waits the initial delay).
+        """
+        delay = float(self._backoff(attempt - 1))
         if not self._ended:
-            if self.state == "connected":
-                self._set_state("disconnected")
+            if self.state is TunnelState.CONNECTED:
+                self._set_state(TunnelState.DISCONNECTED)
             _log.info("Next connection attempt in {delay:.1f} s", delay=delay)
         return delay
 
@@ -203,7 +196,7 @@ class TunnelService(Service):
 
     # -- status ------------------------------------------------------------------------------
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: TunnelState) -> None:
         if state != self.state:
             self.state = state
             self._since = self.reactor.seconds()
@@ -228,7 +221,7 @@ class TunnelService(Service):
                 for spec in self.config.forwards
             ]
         return {
-            "state": self.state,
+            "state": self.state.value,
             "server": f"{self.config.host}:{self.config.port}",
             "user": self.config.user,
             "pid": os.getpid(),
@@ -241,12 +234,6 @@ class TunnelService(Service):
     def _write_status(self) -> None:
         if self.status is not None:
             self.status.write(self.snapshot())
-
-    def _cancel_timers(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-        self._cancel_retries()
 
     def _cancel_retries(self) -> None:
         retries, self._retries = self._retries, {}

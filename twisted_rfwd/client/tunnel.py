@@ -10,64 +10,50 @@ something fails, instead of "connection lost".
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
-from twisted.conch.ssh.keys import Key
-from twisted.conch.ssh.transport import (
-    DISCONNECT_BY_APPLICATION,
-    DISCONNECT_HOST_KEY_NOT_VERIFIABLE,
-    SSHClientTransport,
-)
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from twisted_rfwd.client.agent import AgentKeys
 from twisted_rfwd.client.config import ClientConfig
-from twisted_rfwd.client.connection import ForwardingClientConnection, connect_error_text
+from twisted_rfwd.client.connect_errors import connect_error_text
+from twisted_rfwd.client.connection import ForwardingClientConnection
+from twisted_rfwd.client.forwards import ForwardState, ForwardStatus, ForwardTable
+from twisted_rfwd.client.interfaces import ITransportOwner
 from twisted_rfwd.client.known_hosts import KnownHosts
-from twisted_rfwd.client.userauth import PublicKeyAuth
-from twisted_rfwd.errors import ConnectionClosed, ForwardRefused, HostKeyError, RfwdError
-from twisted_rfwd.protocol.messages import loggable
+from twisted_rfwd.client.transport import ClientTransport
+from twisted_rfwd.errors import ConnectionClosed, ForwardRefused, RfwdError
 from twisted_rfwd.protocol.spec import RemoteForward
 from twisted_rfwd.ssh.mux import GlobalRequestFailed
 from twisted_rfwd.ssh.outcome import Outcome
-from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
 
-__all__ = ["ClientTransport", "ForwardState", "ForwardStatus", "Tunnel", "connect"]
+# ClientTransport, ForwardState and ForwardStatus live in their own modules now; they stay
+# importable from here, where embedding programs and the README found them.
+__all__ = [
+    "ClientTransport",
+    "ForwardState",
+    "ForwardStatus",
+    "Tunnel",
+    "client_endpoint",
+    "connect",
+]
 
 _log = Logger()
 
 
-class ForwardStatus(Enum):
-    REQUESTED = "requested"
-    LISTENING = "listening"
-    REFUSED = "refused"
-    CANCELLED = "cancelled"
-
-
-@dataclass
-class ForwardState:
-    """One forward as the server answered it: C{port} is where the server listens."""
-
-    spec: RemoteForward
-    status: ForwardStatus = ForwardStatus.REQUESTED
-    port: int | None = None
-    error: str | None = None
-
-
+@implementer(ITransportOwner)
 class Tunnel:
     """One SSH connection and its remote forwards."""
 
     def __init__(self, reactor: Any, config: ClientConfig) -> None:
         self.reactor = reactor
         self.config = config
-        self.forwards = [ForwardState(spec) for spec in config.forwards]
+        self.forwards = ForwardTable(config.forwards)
         self.known_hosts = KnownHosts(
             config.known_hosts, config.strict_host_key_checking, config.host, config.port
         )
@@ -99,15 +85,13 @@ class Tunnel:
         """Request one more forward on this connection."""
         if self.connection is None or self.connection.stopped:
             return fail(ConnectionClosed("the tunnel is not connected"))
-        state = ForwardState(spec)
-        self.forwards.append(state)
-        return self._request(state)
+        return self._request(self.forwards.add(spec))
 
     def retry_forward(self, state: ForwardState) -> Deferred[ForwardState]:
         """Ask again for a refused forward (its port may have been freed since)."""
         if self.connection is None or self.connection.stopped:
             return fail(ConnectionClosed("the tunnel is not connected"))
-        state.status = ForwardStatus.REQUESTED
+        state.requested()
         return self._request(state)
 
     def drain(self, timeout: float) -> Deferred[RfwdError]:
@@ -118,12 +102,11 @@ class Tunnel:
         connection = self.connection
         if connection is None or connection.stopped:
             return self.close()
-        connection.accepting = False
-        for state in self.forwards:
-            if state.status is ForwardStatus.LISTENING:
-                self.cancel_forward(state.spec).addErrback(lambda _: None)
+        connection.stop_accepting()
+        for state in self.forwards.with_status(ForwardStatus.LISTENING):
+            self.cancel_forward(state.spec).addErrback(lambda _: None)
         idle = connection.when_idle().addTimeout(timeout, self.reactor)
-        open_channels = len(connection.channels)
+        open_channels = connection.open_channel_count
         if open_channels:
             _log.info(
                 "Draining {count} forwarded connections for up to {timeout:g} s",
@@ -134,13 +117,11 @@ class Tunnel:
 
     def cancel_forward(self, spec: RemoteForward) -> Deferred[None]:
         """Stop the server listening for C{spec}; connections already open carry on."""
-        for state in self.forwards:
-            if state.spec == spec and state.status is ForwardStatus.LISTENING:
-                break
-        else:
+        state = self.forwards.listening(spec)
+        if state is None:
             return fail(KeyError(f"no listening forward {spec}"))
         assert self.connection is not None and state.port is not None
-        state.status = ForwardStatus.CANCELLED
+        state.cancelled()
         self.on_change()
         d = self.connection.cancel_forward(spec, state.port)
         return d.addCallback(lambda _: None)
@@ -151,36 +132,29 @@ class Tunnel:
         link) does not hold the caller up: after C{grace} seconds the connection is dropped.
         """
         if self.transport is not None and not self._closed.settled:
-            self.transport.sendDisconnect(DISCONNECT_BY_APPLICATION, b"rfwd-client closing")
+            self.transport.say_goodbye()
             deadline = self.reactor.callLater(grace, self.abort)
             self._closed.wait().addBoth(lambda _: deadline.cancel() if deadline.active() else None)
         return self.when_closed()
 
+    def hang_up(self) -> None:
+        """Close a connection still being set up (nothing to say goodbye to yet)."""
+        if self.transport is not None:
+            self.transport.hang_up()
+
     def abort(self) -> None:
         """Drop the connection at once (used when a connect attempt is cancelled)."""
-        if self.transport is not None and self.transport.transport is not None:
-            self.transport.transport.abortConnection()
+        if self.transport is not None:
+            self.transport.abort()
 
     def forward_for(self, address: str, port: int) -> RemoteForward | None:
-        """
-        The listening forward a C{forwarded-tcpip} channel belongs to, or C{None}.
+        """The listening forward a C{forwarded-tcpip} channel belongs to, or C{None}."""
+        return self.forwards.forward_for(address, port)
 
-        As ssh does (C{channel_connect_by_listen_address}), both must match exactly: the
-        address string we sent in C{tcpip-forward} (C{localhost} for no bind address, C{""}
-        for C{*}), which sshd and rfwd-server send back unchanged, and the port the server
-        listens on (the allocated one for port 0).  A matching port alone is not enough: a
-        server must not reach a destination through a forward it was not asked for.
-        """
-        for state in self.forwards:
-            if (
-                state.status is ForwardStatus.LISTENING
-                and state.port == port
-                and state.spec.request_address == address
-            ):
-                return state.spec
-        return None
+    # -- ITransportOwner: fed by the protocol objects -----------------------------------------
 
-    # -- fed by the protocol objects ---------------------------------------------------------
+    def transport_connected(self, transport: ClientTransport) -> None:
+        self.transport = transport
 
     def fail(self, error: RfwdError) -> None:
         """Record a failure retrying cannot fix; the first one is what the user is told."""
@@ -215,7 +189,7 @@ class Tunnel:
         spec = state.spec
 
         def listening(port: int) -> ForwardState:
-            state.status, state.port, state.error = ForwardStatus.LISTENING, port, None
+            state.listening(port)
             self.on_change()
             if spec.listen_port == 0:
                 _log.info(
@@ -233,8 +207,7 @@ class Tunnel:
 
         def refused(failure: Failure) -> ForwardState:
             failure.trap(GlobalRequestFailed)
-            state.status = ForwardStatus.REFUSED
-            state.error = str(ForwardRefused(str(spec)))
+            state.refused(str(ForwardRefused(str(spec))))
             _log.warn("Warning: {error}", error=state.error)
             self.on_change()
             return state
@@ -248,7 +221,7 @@ class Tunnel:
             self._ready.settle(Failure(self._fatal or ForwardRefused(str(refused[0].spec))))
             self.close()
             return
-        listening = sum(1 for s in self.forwards if s.status is ForwardStatus.LISTENING)
+        listening = len(self.forwards.with_status(ForwardStatus.LISTENING))
         _log.info(
             "Connected to {host} port {port}: {listening} of {total} forwards listening",
             host=self.config.host,
@@ -265,62 +238,6 @@ class Tunnel:
         if self._peer_reason is not None:
             return ConnectionClosed(f"Disconnected from {where}: {self._peer_reason}")
         return ConnectionClosed(f"Connection to {where} closed: {reason.getErrorMessage()}")
-
-
-class ClientTransport(TransportMixin, SSHClientTransport):
-    """Conch's client transport, checking host keys against known_hosts and logging in."""
-
-    def __init__(self, tunnel: Tunnel) -> None:
-        self.tunnel = tunnel
-        self.clock = tunnel.reactor
-        self.rekey_bytes = tunnel.config.rekey_bytes
-        self.rekey_seconds = tunnel.config.rekey_seconds
-        self.supportedPublicKeys = tunnel.known_hosts.order_algorithms(PUBLIC_KEY_ALGORITHMS)
-        self.supportedCiphers = list(tunnel.config.ciphers)
-        self.supportedMACs = list(tunnel.config.macs)
-        self.supportedKeyExchanges = list(tunnel.config.kex_algorithms)
-
-    def connectionMade(self) -> None:
-        self.tunnel.transport = self
-        super().connectionMade()
-
-    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> Deferred[bool]:
-        try:
-            self.tunnel.known_hosts.verify(Key.fromString(hostKey))
-        except HostKeyError as e:
-            self.tunnel.fail(e)
-            # Disconnect here: Conch's own errback would send the peer a traceback.
-            self.sendDisconnect(DISCONNECT_HOST_KEY_NOT_VERIFIABLE, b"host key verification failed")
-            return Deferred()
-        return succeed(True)
-
-    def connectionSecure(self) -> None:
-        # Conch calls this after every NEWKEYS, re-exchanges included: log in only once.
-        if getattr(self, "_logging_in", False):
-            return
-        self._logging_in = True
-        config = self.tunnel.config
-        connection = ForwardingClientConnection(self.tunnel.reactor, self.tunnel)
-        agent = AgentKeys(self.tunnel.reactor, config.agent_socket) if config.agent_socket else None
-        self.requestService(
-            PublicKeyAuth(
-                config.user,
-                config.identities,
-                connection,
-                self.tunnel.fail,
-                password=config.password,
-                agent=agent,
-                identities_only=config.identities_only,
-            )
-        )
-
-    def receiveError(self, reasonCode: int, description: bytes) -> None:
-        # The server's words, kept short: they reach the log and the status file.
-        self.tunnel.peer_disconnected(loggable(description, 200))
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        super().connectionLost(reason)
-        self.tunnel.connection_lost(reason if reason is not None else Failure(ConnectionClosed("")))
 
 
 def client_endpoint(reactor: Any, config: ClientConfig) -> IStreamClientEndpoint:

@@ -12,8 +12,8 @@ L{AuthenticationFailed} listing what was tried (never a secret).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from enum import Enum
 
-from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.keys import Key
 from twisted.conch.ssh.service import SSHService
 from twisted.conch.ssh.transport import (
@@ -27,21 +27,39 @@ from twisted.python.failure import Failure
 from twisted_rfwd.client.agent import AgentIdentity, AgentKeys, prepare_identities
 from twisted_rfwd.client.identity import Identity
 from twisted_rfwd.errors import AuthenticationFailed
-from twisted_rfwd.protocol.wire import Reader
+from twisted_rfwd.protocol.userauth import MSG_USERAUTH_REQUEST, publickey_signed_data
+from twisted_rfwd.protocol.wire import Reader, pack_string
 
-__all__ = ["PublicKeyAuth", "signature_algorithm"]
+__all__ = ["KeyboardInteractive", "Method", "PublicKeyAuth", "signature_algorithm"]
 
-MSG_USERAUTH_REQUEST = 50
 MSG_USERAUTH_FAILURE = 51
 MSG_USERAUTH_SUCCESS = 52
 MSG_USERAUTH_BANNER = 53
-MSG_USERAUTH_PK_OK = 60
-# The same number, as the method in progress reads it:
-MSG_USERAUTH_PASSWD_CHANGEREQ = 60
-MSG_USERAUTH_INFO_REQUEST = 60
+# PK_OK, PASSWD_CHANGEREQ or INFO_REQUEST: one number, read by the method in progress.
+MSG_USERAUTH_60 = 60
 MSG_USERAUTH_INFO_RESPONSE = 61
 # A server asking keyboard-interactive questions for longer than this is not asking for a password.
 MAX_INFO_REQUESTS = 5
+
+
+class Method(Enum):
+    """An authentication method we may have a request in progress for, named as on the wire."""
+
+    PUBLICKEY = b"publickey"
+    PASSWORD = b"password"
+    KEYBOARD_INTERACTIVE = b"keyboard-interactive"
+
+
+class KeyboardInteractive(Enum):
+    """
+    How a C{keyboard-interactive} attempt went so far; the value is what the failure message
+    adds after the method's name.
+    """
+
+    NOTHING_ASKED = ""
+    PASSWORD_SENT = " (password)"
+    UNANSWERED_PROMPTS = " (unanswered prompts)"
+    TOO_MANY_QUESTIONS = " (too many questions)"
 
 
 def signature_algorithm(key: Key, server_sig_algs: Sequence[bytes] | None) -> bytes:
@@ -89,14 +107,15 @@ class PublicKeyAuth(SSHService):
         self._agent = agent
         self._identities_only = identities_only
         # The request in progress: C{publickey} with its identity and algorithm, C{password}
-        # or C{keyboard-interactive}; None when waiting for nothing in particular.
-        self._method: bytes | None = None
+        # or C{keyboard-interactive}; None when waiting for nothing in particular (the first
+        # C{none} request included).
+        self._method: Method | None = None
         self._current: tuple[Identity, bytes] | None = None
         self._methods: list[bytes] = []
-        self._password_tried: set[bytes] = set()
+        self._password_tried: set[Method] = set()
         self._password_rejected = False
         self._info_requests = 0
-        self._kbd_note = ""
+        self._keyboard = KeyboardInteractive.NOTHING_ASKED
         self._tried: list[str] = []
         self._stopped = False
         self.authenticated_with: Identity | None = None
@@ -105,7 +124,7 @@ class PublicKeyAuth(SSHService):
             MSG_USERAUTH_FAILURE: self._on_userauth_failure,
             MSG_USERAUTH_SUCCESS: self._on_success,
             MSG_USERAUTH_BANNER: self._on_banner,
-            MSG_USERAUTH_PK_OK: self._on_method_message,
+            MSG_USERAUTH_60: self._on_method_message,
         }
 
     def serviceStarted(self) -> None:
@@ -139,7 +158,10 @@ class PublicKeyAuth(SSHService):
     def _request(self, method: bytes, data: bytes) -> None:
         self.transport.sendPacket(
             MSG_USERAUTH_REQUEST,
-            NS(self.user) + NS(self._next_service.name) + NS(method) + data,
+            pack_string(self.user)
+            + pack_string(self._next_service.name)
+            + pack_string(method)
+            + data,
         )
 
     def _on_userauth_failure(self, packet: bytes) -> None:
@@ -151,25 +173,25 @@ class PublicKeyAuth(SSHService):
 
     def _finish_attempt(self, note: str = "") -> None:
         """Record the request in progress as tried (its outcome in C{note})."""
-        if self._method == b"publickey" and self._current is not None:
+        if self._method is Method.PUBLICKEY and self._current is not None:
             self._tried.append(f"{self._current[0]}{note}")
-        elif self._method == b"keyboard-interactive":
-            self._tried.append(f"keyboard-interactive{self._kbd_note}{note}")
-            if self._kbd_note == " (password)" and not note:
+        elif self._method is Method.KEYBOARD_INTERACTIVE:
+            self._tried.append(f"keyboard-interactive{self._keyboard.value}{note}")
+            if self._keyboard is KeyboardInteractive.PASSWORD_SENT and not note:
                 self._password_rejected = True
-        elif self._method == b"password":
+        elif self._method is Method.PASSWORD:
             self._tried.append(f"password{note}")
         self._method, self._current = None, None
 
     def _next(self) -> None:
         """Make the next request the server's methods allow, or give up."""
         methods = self._methods
-        if b"publickey" in methods and self._identities:
+        if Method.PUBLICKEY.value in methods and self._identities:
             self._query(self._identities.pop(0))
             return
         if self._password is not None and not self._password_rejected:
-            for method in (b"keyboard-interactive", b"password"):
-                if method in methods and method not in self._password_tried:
+            for method in (Method.KEYBOARD_INTERACTIVE, Method.PASSWORD):
+                if method.value in methods and method not in self._password_tried:
                     self._password_tried.add(method)
                     self._start_password_method(method)
                     return
@@ -190,25 +212,28 @@ class PublicKeyAuth(SSHService):
 
     def _query(self, identity: Identity) -> None:
         algorithm = signature_algorithm(identity.key, self._server_sig_algs())
-        self._method, self._current = b"publickey", (identity, algorithm)
-        self._request(b"publickey", b"\x00" + NS(algorithm) + NS(identity.key.blob()))
+        self._method, self._current = Method.PUBLICKEY, (identity, algorithm)
+        blob = identity.key.blob()
+        self._request(Method.PUBLICKEY.value, b"\x00" + pack_string(algorithm) + pack_string(blob))
 
-    def _start_password_method(self, method: bytes) -> None:
+    def _start_password_method(self, method: Method) -> None:
         assert self._password is not None
         self._method = method
-        if method == b"password":
-            self._request(b"password", b"\x00" + NS(self._password.encode("utf-8")))
+        if method is Method.PASSWORD:
+            password = self._password.encode("utf-8")
+            self._request(Method.PASSWORD.value, b"\x00" + pack_string(password))
         else:
-            self._info_requests, self._kbd_note = 0, ""
-            self._request(b"keyboard-interactive", NS(b"") + NS(b""))  # language, submethods
+            self._info_requests, self._keyboard = 0, KeyboardInteractive.NOTHING_ASKED
+            # language, submethods
+            self._request(Method.KEYBOARD_INTERACTIVE.value, pack_string(b"") + pack_string(b""))
 
     def _on_method_message(self, packet: bytes) -> None:
         """Message 60: PK_OK, PASSWD_CHANGEREQ or INFO_REQUEST, by the method in progress."""
-        if self._method == b"publickey":
+        if self._method is Method.PUBLICKEY:
             self._on_pk_ok(packet)
-        elif self._method == b"keyboard-interactive":
+        elif self._method is Method.KEYBOARD_INTERACTIVE:
             self._on_info_request(packet)
-        elif self._method == b"password":
+        elif self._method is Method.PASSWORD:
             # An expired password: changing it needs a person.
             self._finish_attempt(" (the server demands a new password)")
             self._password_rejected = True
@@ -222,21 +247,17 @@ class PublicKeyAuth(SSHService):
         identity, algorithm = self._current
         blob = identity.key.blob()
         assert self.transport.sessionID is not None
-        signed = (
-            NS(self.transport.sessionID)
-            + bytes((MSG_USERAUTH_REQUEST,))
-            + NS(self.user)
-            + NS(self._next_service.name)
-            + NS(b"publickey")
-            + b"\x01"
-            + NS(algorithm)
-            + NS(blob)
+        signed = publickey_signed_data(
+            self.transport.sessionID, self.user, self._next_service.name, algorithm, blob
         )
 
         def signed_ok(signature: bytes) -> None:
             if self._stopped or self._current is None or self._current[0] is not identity:
                 return
-            self._request(b"publickey", b"\x01" + NS(algorithm) + NS(blob) + NS(signature))
+            self._request(
+                Method.PUBLICKEY.value,
+                b"\x01" + pack_string(algorithm) + pack_string(blob) + pack_string(signature),
+            )
 
         def sign_failed(failure: Failure) -> None:
             if self._stopped or self._current is None or self._current[0] is not identity:
@@ -258,29 +279,30 @@ class PublicKeyAuth(SSHService):
         prompts = [(reader.string(), reader.boolean()) for _ in range(reader.uint32())]
         self._info_requests += 1
         if self._info_requests > MAX_INFO_REQUESTS:
-            self._kbd_note = " (too many questions)"
+            self._keyboard = KeyboardInteractive.TOO_MANY_QUESTIONS
             self._finish_attempt()
             self._next()  # a new request abandons keyboard-interactive (RFC 4256 3.1)
             return
         answers: list[bytes] = []
-        if len(prompts) == 1 and not self._kbd_note and _asks_password(*prompts[0]):
+        first = self._keyboard is KeyboardInteractive.NOTHING_ASKED
+        if len(prompts) == 1 and first and _asks_password(*prompts[0]):
             answers = [self._password.encode("utf-8")]
-            self._kbd_note = " (password)"
+            self._keyboard = KeyboardInteractive.PASSWORD_SENT
         elif prompts:
             # Questions we cannot answer (a one-time code, a second factor): empty answers.
             answers = [b""] * len(prompts)
-            if not self._kbd_note:
-                self._kbd_note = " (unanswered prompts)"
-        response = len(answers).to_bytes(4, "big") + b"".join(NS(a) for a in answers)
+            if first:
+                self._keyboard = KeyboardInteractive.UNANSWERED_PROMPTS
+        response = len(answers).to_bytes(4, "big") + b"".join(pack_string(a) for a in answers)
         self.transport.sendPacket(MSG_USERAUTH_INFO_RESPONSE, response)
 
     def _on_success(self, packet: bytes) -> None:
         user = self.user.decode("utf-8", "replace")
-        if self._method == b"publickey" and self._current is not None:
+        if self._method is Method.PUBLICKEY and self._current is not None:
             self.authenticated_with = self._current[0]
             self.authenticated_by = str(self._current[0])
         elif self._method is not None:
-            self.authenticated_by = self._method.decode("ascii")
+            self.authenticated_by = self._method.value.decode("ascii")
         if self.authenticated_by is not None:
             self._log.info(
                 "Authenticated as {user} with {identity}",
