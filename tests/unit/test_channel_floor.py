@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.internet.protocol import Protocol
 
 from tests.support.streams import FakeStream
-from tests.test_mux import FakeSSHTransport, MuxTestCase
+from tests.unit.test_mux import FakeSSHTransport, MuxTestCase
 from twisted_rfwd.protocol import wire
 from twisted_rfwd.ssh.channel import Channel
 from twisted_rfwd.ssh.mux import MIN_PEER_MAX_PACKET, ChannelMux, PeerMaxPacketTooSmall

@@ -3,7 +3,7 @@ Tests for L{twisted_rfwd.ssh.mux.ChannelMux}, driven message by message through 
 
 The SSH transport is a recorder (L{FakeSSHTransport}); payloads are built with
 L{twisted_rfwd.protocol.wire}.  End-to-end behaviour over real SSH is in
-L{tests.test_memory_forwarding}.
+L{tests.memory.test_memory_forwarding}.
 """
 
 from __future__ import annotations

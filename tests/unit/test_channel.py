@@ -4,7 +4,7 @@ Tests for L{twisted_rfwd.ssh.channel.Channel} on its own: flow control both ways
 The multiplexer is a recorder (L{FakeMux}) and the local socket a L{FakeStream}, attached with
 L{Channel.attach} as the relay would; a tiny protocol passes the stream's events to the channel
 as L{twisted_rfwd.ssh.relay.ChannelRelay} does.  The end-to-end behaviour over real SSH is in
-L{tests.test_memory_forwarding}.
+L{tests.memory.test_memory_forwarding}.
 """
 
 from __future__ import annotations

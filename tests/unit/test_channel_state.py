@@ -1,7 +1,7 @@
 """
 Tests for L{twisted_rfwd.protocol.channel_state}: the channel's three state machines and their
 transition tables, without any I/O.  How L{twisted_rfwd.ssh.channel.Channel} acts on them is in
-L{tests.test_channel}.
+L{tests.unit.test_channel}.
 """
 
 from __future__ import annotations

@@ -11,11 +11,9 @@ rfwd-client against a server that is not the one it asked for (issue 8, items 10
 from __future__ import annotations
 
 import dataclasses
-import socket
 from pathlib import Path
 from typing import Any
 
-from twisted.conch.ssh.keys import Key
 from twisted.conch.ssh.transport import MSG_SERVICE_REQUEST
 from twisted.conch.ssh.userauth import MSG_USERAUTH_REQUEST
 from twisted.cred.checkers import ICredentialsChecker
@@ -29,8 +27,6 @@ from zope.interface import implementer
 
 from tests.support.keys import new_key, public_line
 from tests.support.memory import MemoryRig
-from tests.support.pairs import make_keys, start_rfwd_client, start_rfwd_server
-from tests.support.processes import free_port
 from twisted_rfwd.client.config import HostKeyPolicy
 from twisted_rfwd.client.forwards import ForwardStatus
 from twisted_rfwd.client.transport import ClientTransport
@@ -46,6 +42,7 @@ from twisted_rfwd.server.connection import ForwardingServerConnection
 from twisted_rfwd.ssh.fingerprint import fingerprint
 
 
+@implementer(ILogObserver)
 @implementer(ILogObserver)
 class CapturedLog:
     """Log lines emitted while a test runs."""
@@ -251,63 +248,3 @@ class ForwardedChannelMatchingTests(TestCase):
         self.assertEqual(len(lines), 1, log.lines)
         self.assertLess(len(lines[0]), 300)
         self.assertIn("(20000 characters)", lines[0])
-
-
-class ChangedHostKeyProcessTests(TestCase):
-    """rfwd-client -> rfwd-server, real processes on loopback."""
-
-    timeout = 60
-
-    @property
-    def reactor(self) -> Any:
-        from twisted.internet import reactor
-
-        return reactor
-
-    async def test_changed_key_under_no_exits_255_without_login(self) -> None:
-        """
-        With C{-o StrictHostKeyChecking=no}, C{--password-file} and another key recorded for
-        C{[127.0.0.1]:port}, rfwd-client exits 255 with one message naming the changed key;
-        the server saw no login attempt and no tcpip-forward, and the forward port never
-        listened.
-        """
-        keys = make_keys(Path(self.mktemp()))
-        server, ssh_port = await start_rfwd_server(self, self.reactor, keys)
-        known_hosts = keys.workdir / "known_hosts"
-        known_hosts.write_bytes(
-            f"[127.0.0.1]:{ssh_port} ".encode() + public_line(new_key()) + b"\n"
-        )
-        password_file = keys.workdir / "password"
-        password_file.write_text("hunter2\n")
-        listen = free_port()
-        client = start_rfwd_client(
-            self,
-            self.reactor,
-            keys,
-            ssh_port,
-            [f"127.0.0.1:{listen}:127.0.0.1:{free_port()}"],
-            "--password-file",
-            str(password_file),
-            host_key_checking="no",
-        )
-        try:
-            await client.wait_ended(timeout=20)
-        except defer.TimeoutError:
-            self.fail(f"rfwd-client did not exit:\n{client.output()}")
-        self.assertEqual(client.exit_code, 255, client.output())
-
-        server_key = Key.fromFile(str(keys.host_key))
-        headline = f"HOST KEY FOR [127.0.0.1]:{ssh_port} HAS CHANGED"
-        self.assertEqual(
-            len([line for line in client.lines if headline in line]), 1, client.output()
-        )
-        output = client.output()
-        self.assertIn(f"ED25519 key {fingerprint(server_key)}", output)
-        self.assertIn(f"{known_hosts}:1", output)
-        self.assertIn("StrictHostKeyChecking=no does not allow password", output)
-
-        # Whatever the server logs for a login or a forward request, none of it happened.
-        for never in ("trying auth", "publickey", "Remote forward", "tcpip-forward"):
-            self.assertIsNone(server.find(never), server.output())
-        with self.assertRaises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", listen), timeout=5).close()

@@ -22,7 +22,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyClass, verifyObject
 
-from tests.test_mux import FakeSSHTransport
+from tests.support.processes import REPOSITORY
+from tests.unit.test_mux import FakeSSHTransport
 from twisted_rfwd.errors import RemoteProtocolError
 from twisted_rfwd.protocol.wire import pack_string, pack_uint32
 from twisted_rfwd.ssh import conch
@@ -30,14 +31,17 @@ from twisted_rfwd.ssh.interfaces import IChannelDataSink, IKeyExchangeObserver, 
 from twisted_rfwd.ssh.mux import ChannelMux
 from twisted_rfwd.ssh.transport import TransportMixin
 
-PACKAGE = Path(__file__).resolve().parent.parent / "twisted_rfwd"
+PACKAGE = REPOSITORY / "twisted_rfwd"
 CONCH_ADAPTER = PACKAGE / "ssh" / "conch.py"
 # Every module of ours keeps its own Logger as C{_log}; Conch's classes happen to use the name too.
 OUR_NAMES_TOO = {"_log"}
 
 
 def _sources() -> dict[Path, str]:
-    return {path: path.read_text(encoding="utf-8") for path in sorted(PACKAGE.rglob("*.py"))}
+    sources = {path: path.read_text(encoding="utf-8") for path in sorted(PACKAGE.rglob("*.py"))}
+    # A wrong path would make every check below pass on nothing.
+    assert PACKAGE / "ssh" / "transport.py" in sources, f"no sources under {PACKAGE}"
+    return sources
 
 
 def _conch_private_names(module_file: str) -> set[str]:

@@ -1,0 +1,1 @@
+"""In-memory tests: whole SSH connections between rfwd objects over iosim, no sockets."""

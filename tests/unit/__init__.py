@@ -1,0 +1,1 @@
+"""Unit tests: one module or object at a time, no SSH connection, no sockets."""
