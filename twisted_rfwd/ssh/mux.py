@@ -39,6 +39,7 @@ from twisted_rfwd.errors import (
 )
 from twisted_rfwd.protocol import wire
 from twisted_rfwd.protocol.addresses import describe_address
+from twisted_rfwd.protocol.settings import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
 from twisted_rfwd.protocol.window import ReceiveWindow
 from twisted_rfwd.ssh.backpressure import SenderBackPressure
 from twisted_rfwd.ssh.channel import Channel, IChannelOwner
@@ -57,8 +58,6 @@ __all__ = [
     "PeerMaxPacketTooSmall",
 ]
 
-DEFAULT_WINDOW = 2 * 1024 * 1024
-DEFAULT_MAX_PACKET = 32 * 1024
 # What we accept from a peer that is rfwd too (its banner says so): fewer, larger packets.
 # OpenSSH peers get OpenSSH's own 32 KiB, as they expect.
 RFWD_PEER_MAX_PACKET = 128 * 1024
