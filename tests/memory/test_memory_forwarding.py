@@ -109,6 +109,20 @@ class ForwardingTests(TestCase):
         destination = rig.destination_accepts()
         self.assertFalse(destination.closed)
 
+    def test_add_forward_on_a_connected_tunnel(self) -> None:
+        """Tunnel.add_forward asks for one more forward; it listens and carries data."""
+        rig = self.rig("8080:127.0.0.1:80")
+        tunnel = self.ready(rig)
+        added = tunnel.add_forward(parse_remote_forward("9090:127.0.0.1:90"))
+        rig.flush()
+        state = self.successResultOf(added)
+        self.assertEqual(state.status, ForwardStatus.LISTENING)
+        self.assertEqual([s.spec.listen_port for s in tunnel.forwards], [8080, 9090])
+        app = rig.app_connects(9090)
+        host, port, _ = rig.pending_destination()
+        self.assertEqual((host, port), ("127.0.0.1", 90))
+        self.assertFalse(app.closed)
+
     def test_cancel_closes_listener_but_not_connections(self) -> None:
         """cancel-tcpip-forward stops listening; a connection already forwarded keeps flowing."""
         rig = self.rig("8080:127.0.0.1:80")
