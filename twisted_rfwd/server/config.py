@@ -37,5 +37,24 @@ class ServerConfig(SharedSettings):
     max_forwards_per_user: int = 200
     # OpenSSH's own ceiling (CHANNELS_MAX_CHANNELS in channels.c).
     max_channels_per_connection: int = 16384
+    # Sessions (issue #10): accept "session" channels and hold them open, running nothing, so
+    # that "ssh -R ... host" without -N works; False refuses them as before.
+    sessions: bool = True
+    max_sessions: int = 10
+    # Logins: sshd's PubkeyAuthentication, PasswordAuthentication, KbdInteractiveAuthentication,
+    # with passwords checked against a file of bcrypt hashes ("user:$2b$..." lines).
+    pubkey_authentication: bool = True
+    password_authentication: bool = False
+    kbd_interactive_authentication: bool = False
+    password_hashes: str | None = None
+    # sshd's AllowUsers, DenyUsers, AllowGroups, DenyGroups (patterns; empty: no restriction).
+    allow_users: list[str] = field(default_factory=list)
+    deny_users: list[str] = field(default_factory=list)
+    allow_groups: list[str] = field(default_factory=list)
+    deny_groups: list[str] = field(default_factory=list)
+    # sshd's AllowTcpForwarding: yes/all or remote allow -R; no/local refuse it.
+    allow_tcp_forwarding: bool = True
+    # sshd's Banner: a file sent before authentication (None: none).
+    banner: str | None = None
     client_alive_interval: float = 15.0
     client_alive_count_max: int = 3
