@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
+from tests.support.algorithms import SUITES, suite_name
 from tests.support.apps import pattern
 from tests.support.memory import MemoryRig
 from twisted_rfwd.client.tunnel import ClientTransport, ForwardStatus
@@ -17,19 +18,6 @@ from twisted_rfwd.errors import ConfigError
 from twisted_rfwd.protocol.algorithms import choose
 from twisted_rfwd.protocol.spec import parse_remote_forward
 from twisted_rfwd.ssh.transport import STRICT_KEX_CLIENT
-
-SUITES = [
-    ("aes128-gcm@openssh.com", "hmac-sha2-256-etm@openssh.com"),
-    ("aes256-gcm@openssh.com", "hmac-sha2-256-etm@openssh.com"),
-    ("chacha20-poly1305@openssh.com", "hmac-sha2-256-etm@openssh.com"),
-    ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"),
-    ("aes128-ctr", "hmac-sha2-512-etm@openssh.com"),
-    ("aes192-ctr", "hmac-sha2-256"),
-    ("aes256-ctr", "hmac-sha2-512"),
-]
-
-
-AEAD = {"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"}
 
 
 def reactor() -> Any:
@@ -74,11 +62,7 @@ def _make(name: str, cipher: str, mac: str) -> None:
 
 
 for _cipher, _mac in SUITES:
-    _make(
-        (_cipher + "_" + _mac).replace("@openssh.com", "").replace("-", "_"),
-        _cipher,
-        _mac,
-    )
+    _make(suite_name(_cipher, _mac), _cipher, _mac)
 
 
 class _NoisyClient(ClientTransport):

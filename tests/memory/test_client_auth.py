@@ -18,12 +18,11 @@ from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.keys import Key
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
 
 from tests.support.agent import FakeAgent
 from tests.support.keys import new_key, public_line, write_encrypted_key, write_private_key
+from tests.support.logs import CapturedLog
 from tests.support.memory import MemoryRig
 from twisted_rfwd.client.agent import (
     SSH_AGENT_RSA_SHA2_256,
@@ -58,22 +57,6 @@ def encrypted_key_file(directory: Path) -> tuple[Key, Path]:
     """A key, and its file encrypted with the passphrase C{s3cret}."""
     path = directory / "id"
     return write_encrypted_key(path, b"s3cret"), path
-
-
-@implementer(ILogObserver)
-class CapturedLog:
-    """Log lines emitted while a test runs."""
-
-    def __init__(self, test: SynchronousTestCase) -> None:
-        self.lines: list[str] = []
-        globalLogPublisher.addObserver(self)
-        test.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event: LogEvent) -> None:
-        self.lines.append(formatEvent(event))
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 class KeyFileTests(SynchronousTestCase):

@@ -21,11 +21,11 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from tests.support.keys import new_key, public_line
+from tests.support.logs import CapturedLog
 from tests.support.memory import MemoryRig
 from twisted_rfwd.client.config import HostKeyPolicy
 from twisted_rfwd.client.forwards import ForwardStatus
@@ -40,23 +40,6 @@ from twisted_rfwd.protocol import wire
 from twisted_rfwd.protocol.spec import parse_remote_forward
 from twisted_rfwd.server.connection import ForwardingServerConnection
 from twisted_rfwd.ssh.fingerprint import fingerprint
-
-
-@implementer(ILogObserver)
-@implementer(ILogObserver)
-class CapturedLog:
-    """Log lines emitted while a test runs."""
-
-    def __init__(self, test: SynchronousTestCase) -> None:
-        self.lines: list[str] = []
-        globalLogPublisher.addObserver(self)
-        test.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event: LogEvent) -> None:
-        self.lines.append(formatEvent(event) or "")
-
-    def matching(self, text: str) -> list[str]:
-        return [line for line in self.lines if text in line]
 
 
 class RecordingClientTransport(ClientTransport):

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
+from tests.support.logs import CapturedLog
 from tests.support.memory import MemoryRig
 from twisted_rfwd.client.tunnel import ForwardStatus, Tunnel
 from twisted_rfwd.protocol.policy import ListenPolicy, privileged_port_refusal
@@ -84,17 +83,6 @@ class ForwardLimitTests(TestCase):
         self.assertEqual(rig.binder.listening(8082), [])
 
 
-@implementer(ILogObserver)
-class _Lines:
-    def __init__(self, test: TestCase) -> None:
-        self.lines: list[str] = []
-        globalLogPublisher.addObserver(self)
-        test.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event: LogEvent) -> None:
-        self.lines.append(formatEvent(event))
-
-
 class RepeatedRefusalTests(TestCase):
     def test_a_burst_of_refusals_becomes_one_line_with_a_count(self) -> None:
         """
@@ -105,7 +93,7 @@ class RepeatedRefusalTests(TestCase):
         tmp.mkdir()
         rig = MemoryRig(tmp, [parse_remote_forward("8080:127.0.0.1:80")])
         tunnel = self.successResultOf(rig.connect())
-        lines = _Lines(self)
+        lines = CapturedLog(self)
         connection = tunnel.connection
         assert connection is not None
         replies = [
@@ -133,7 +121,7 @@ class ChannelCapTests(TestCase):
             tmp, [parse_remote_forward("8080:127.0.0.1:80")], max_channels_per_connection=1
         )
         self.successResultOf(rig.connect())
-        lines = _Lines(self)
+        lines = CapturedLog(self)
         first = rig.app_connects(8080)
         rig.destination_accepts()
         factory, _ = rig.binder.listening(8080)[0]

@@ -12,11 +12,11 @@ from typing import Any
 from twisted.conch.ssh.common import NS
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
+from tests.support.hostile import plain_packet
 from tests.support.keys import new_key
+from tests.support.logs import CapturedLog
 from tests.support.memory import MemoryRig
 from twisted_rfwd.client.tunnel import ClientTransport
 from twisted_rfwd.errors import MalformedPacket
@@ -36,25 +36,6 @@ from twisted_rfwd.protocol.spec import parse_remote_forward
 from twisted_rfwd.server.auth import ServerUserAuth
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.factory import ForwardingServerFactory, ServerTransport
-
-
-@implementer(ILogObserver)
-class LogCapture:
-    """Every log event while a test runs."""
-
-    def __init__(self, test: TestCase) -> None:
-        self.events: list[LogEvent] = []
-        globalLogPublisher.addObserver(self)
-        test.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event: LogEvent) -> None:
-        self.events.append(event)
-
-    def text(self) -> list[str]:
-        return [formatEvent(e) for e in self.events]
-
-    def failures(self) -> list[LogEvent]:
-        return [e for e in self.events if "log_failure" in e]
 
 
 class TableTests(TestCase):
@@ -170,8 +151,8 @@ class EnforcementTests(TestCase):
         tmp.mkdir()
         return MemoryRig(tmp, [parse_remote_forward("8080:127.0.0.1:80")])
 
-    def refused(self, misbehave: str) -> tuple[str, LogCapture]:
-        logs = LogCapture(self)
+    def refused(self, misbehave: str) -> tuple[str, CapturedLog]:
+        logs = CapturedLog(self)
         rig = self.rig()
         self.failureResultOf(rig.connect(_client(misbehave)))
         reason = str(self.successResultOf(rig.tunnel.when_closed()))
@@ -190,24 +171,24 @@ class EnforcementTests(TestCase):
         """
         reason, logs = self.refused("unassigned")
         self.assertIn("unexpected message type 200", reason)
-        lines = [line for line in logs.text() if "message type 200" in line]
+        lines = [line for line in logs.lines if "message type 200" in line]
         self.assertEqual(len(lines), 1, lines)
         self.assertIn("32769 bytes", lines[0])
-        everything = "".join(logs.text()) + repr(logs.events)
+        everything = "".join(logs.lines) + repr(logs.events)
         self.assertNotIn("\\xab\\xab", everything)
         self.assertNotIn("\xab\xab", everything)
 
     def test_repeated_unimplemented_is_logged_once(self) -> None:
         """A peer repeating UNIMPLEMENTED cannot fill the log: one line, whatever the count."""
-        logs = LogCapture(self)
+        logs = CapturedLog(self)
         rig = self.rig()
         self.successResultOf(rig.connect(_client("unimplemented")))
-        lines = [line for line in logs.text() if "did not understand" in line]
+        lines = [line for line in logs.lines if "did not understand" in line]
         self.assertEqual(len(lines), 1)
 
     def test_a_second_userauth_service_is_refused(self) -> None:
         """SERVICE_REQUEST during authentication cannot restart it (and its failure count)."""
-        logs = LogCapture(self)
+        logs = CapturedLog(self)
         rig = self.rig()
         server = rig.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
         assert isinstance(server, ServerTransport)
@@ -219,16 +200,8 @@ class EnforcementTests(TestCase):
         server.setService(ServerUserAuth(rig.reactor, 120, 6))
         server.dataReceived(plain_packet(bytes((MSG_SERVICE_REQUEST,)) + NS(b"ssh-userauth")))
         self.assertTrue(transport.disconnecting)
-        self.assertTrue(any("a second service request" in line for line in logs.text()))
+        self.assertTrue(any("a second service request" in line for line in logs.lines))
         self.assertEqual(logs.failures(), [])
-
-
-def plain_packet(payload: bytes) -> bytes:
-    """An unencrypted binary packet (RFC 4253 section 6), padded to a multiple of 8."""
-    padding = 8 - (5 + len(payload)) % 8
-    padding += 8 if padding < 4 else 0
-    body = bytes((padding,)) + payload + b"\x00" * padding
-    return struct.pack(">L", len(body)) + body
 
 
 def kexinit() -> bytes:
@@ -272,7 +245,7 @@ class FramingTests(TestCase):
     def test_newkeys_without_an_exchange_is_refused(self) -> None:
         """NEWKEYS before or right after KEXINIT is refused, never taken as new keys."""
         for before in (b"", plain_packet(kexinit())):
-            logs = LogCapture(self)
+            logs = CapturedLog(self)
             server, transport = self.server()
             server.dataReceived(
                 b"SSH-2.0-test\r\n"

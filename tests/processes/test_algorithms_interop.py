@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
+from tests.support.algorithms import AEAD, SUITES, suite_name
 from tests.support.apps import digest_line, exchange, pattern, start_app_server, wait_until_echo
 from tests.support.pairs import (
     Keys,
@@ -21,19 +22,6 @@ from tests.support.pairs import (
     start_sshd,
 )
 from tests.support.processes import free_port
-
-SUITES = [
-    ("aes128-gcm@openssh.com", "hmac-sha2-256-etm@openssh.com"),
-    ("aes256-gcm@openssh.com", "hmac-sha2-256-etm@openssh.com"),
-    ("chacha20-poly1305@openssh.com", "hmac-sha2-256-etm@openssh.com"),
-    ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"),
-    ("aes128-ctr", "hmac-sha2-512-etm@openssh.com"),
-    ("aes192-ctr", "hmac-sha2-256"),
-    ("aes256-ctr", "hmac-sha2-512"),
-]
-
-
-AEAD = {"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"}
 
 
 def reactor() -> Any:
@@ -112,11 +100,7 @@ def _make(name: str, cipher: str, mac: str) -> None:
 
 
 for _cipher, _mac in SUITES:
-    _make(
-        (_cipher + "_" + _mac).replace("@openssh.com", "").replace("-", "_"),
-        _cipher,
-        _mac,
-    )
+    _make(suite_name(_cipher, _mac), _cipher, _mac)
 
 
 class RekeyInteropTests(TestCase):
