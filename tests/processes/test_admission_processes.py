@@ -21,10 +21,11 @@ from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
+from harness.plugins import rfwd_server_argv
 from tests.support.apps import start_app_server, wait_until_echo
 from tests.support.keys import new_key, public_line, write_private_key
 from tests.support.pairs import Keys, make_keys, start_rfwd_client
-from tests.support.processes import ChildProcess, plugin_env, spawn, twistd_argv
+from tests.support.processes import ChildProcess, plugin_env, spawn
 from twisted_rfwd.server.admission import DROP_MESSAGE
 
 HOSTILE = "127.0.0.2"
@@ -135,16 +136,7 @@ async def start_server(
     test: TestCase, reactor: Any, keys: Keys, *extra: str, nofile: int | None = None
 ) -> tuple[ChildProcess, int]:
     """rfwd-server on a free loopback port, under C{ulimit -n nofile} (soft and hard) if given."""
-    argv = twistd_argv(
-        "rfwd-server",
-        "--listen",
-        "tcp:0:interface=127.0.0.1",
-        "--host-key",
-        str(keys.host_key),
-        "--authorized-keys",
-        str(keys.authorized_keys),
-        *extra,
-    )
+    argv = rfwd_server_argv(keys, *extra)
     if nofile is not None:
         argv = ["/bin/sh", "-c", f'ulimit -n {nofile} && exec "$@"', "sh", *argv]
     server = spawn(test, reactor, "rfwd-server", argv, env=plugin_env())

@@ -20,6 +20,7 @@ from twisted.logger import (
 )
 from twisted.trial.unittest import TestCase
 
+from harness.plugins import rfwd_server_argv
 from tests.support.pairs import make_keys, start_rfwd_server
 from tests.support.processes import plugin_env, spawn, twistd_argv
 
@@ -141,17 +142,7 @@ class ProcessTests(TestCase):
         """With --log-format json every line rfwd-server writes is one JSON event, the
         listening event among them."""
         keys = make_keys(Path(self.mktemp()))
-        argv = twistd_argv(
-            "rfwd-server",
-            "--log-format",
-            "json",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--host-key",
-            str(keys.host_key),
-            "--authorized-keys",
-            str(keys.authorized_keys),
-        )
+        argv = rfwd_server_argv(keys, "--log-format", "json")
         server = spawn(self, reactor(), "rfwd-server", argv, env=plugin_env())
         await server.wait_for(r'"log_format": "rfwd-server listening on \{address\}"')
         await server.stop()
@@ -191,15 +182,7 @@ class ProcessTests(TestCase):
         """twistd's --logfile still says where the log goes."""
         keys = make_keys(Path(self.mktemp()))
         logfile = keys.workdir / "server.log"
-        argv = twistd_argv(
-            "rfwd-server",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--host-key",
-            str(keys.host_key),
-            "--authorized-keys",
-            str(keys.authorized_keys),
-        )
+        argv = rfwd_server_argv(keys)
         argv.insert(argv.index("rfwd-server"), f"--logfile={logfile}")
         server = spawn(self, reactor(), "rfwd-server", argv, env=plugin_env())
         deadline = time.monotonic() + 20
