@@ -9,6 +9,8 @@ they are, as h11 does: L{RemoteProtocolError} (the peer's) and L{LocalProtocolEr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class RfwdError(Exception):
     """Base class: an expected failure with a message written for a person."""
@@ -244,3 +246,43 @@ class ChangedHostKeyForwardingDisabled(ChangedHostKey):
             f"If the new key is legitimate, remove the old entry with "
             f"'ssh-keygen -R \"{self.host_id}\" -f {self.known_hosts}' and connect again."
         )
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class BindError(RfwdError):
+    """No socket could be bound for a forward."""
+
+    def __init__(self, failures: Sequence[tuple[str, int, str]]) -> None:
+        super().__init__(failures)
+        self.failures = list(failures)
+
+    def __str__(self) -> str:
+        return "; ".join(
+            f"cannot listen on {_host_port(address, port)}: {reason}"
+            for address, port, reason in self.failures
+        )
+
+
+class MacError(RemoteProtocolError):
+    """A packet failed authentication: corrupted, forged, or keyed wrongly."""
+
+    def __str__(self) -> str:
+        return "packet authentication failed (bad MAC)"
+
+
+class EncryptedKey(KeyLoadError):
+    """A private key file is encrypted and no passphrase was given."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            path,
+            "the key is encrypted and rfwd-client cannot prompt for a passphrase: "
+            "give it with --passphrase-file or --passphrase-env, or add the key to ssh-agent",
+        )
+
+
+class AgentError(RfwdError):
+    """The agent could not be used, or refused an operation."""

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from twisted_rfwd.client.connect_errors import connect_error_text
 from twisted_rfwd.client.identity import Identity, PublicOnlyIdentity
-from twisted_rfwd.errors import MalformedPacket, RfwdError
+from twisted_rfwd.errors import AgentError, MalformedPacket
 from twisted_rfwd.protocol.wire import Reader, pack_string
 
 __all__ = [
@@ -53,10 +53,6 @@ _FAILURES = (SSH_AGENT_FAILURE, 30, 102)
 _SUN_PATH_MAX = 108
 # OpenSSH's AGENT_MAX_LEN: a longer message is not from a working agent.
 MAX_MESSAGE = 256 * 1024
-
-
-class AgentError(RfwdError):
-    """The agent could not be used, or refused an operation."""
 
 
 def signature_flags(algorithm: bytes) -> int:

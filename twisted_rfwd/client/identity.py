@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
 from twisted.internet.defer import Deferred, fail, succeed
 
-from twisted_rfwd.errors import KeyLoadError, MalformedPacket
+from twisted_rfwd.errors import EncryptedKey, KeyLoadError, MalformedPacket
 from twisted_rfwd.protocol.wire import Reader
 from twisted_rfwd.ssh.fingerprint import fingerprint
 
@@ -67,17 +67,6 @@ class PublicOnlyIdentity(Identity):
 
     def sign(self, data: bytes, algorithm: bytes) -> Deferred[bytes]:
         return fail(EncryptedKey(self.source))
-
-
-class EncryptedKey(KeyLoadError):
-    """A private key file is encrypted and no passphrase was given."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(
-            path,
-            "the key is encrypted and rfwd-client cannot prompt for a passphrase: "
-            "give it with --passphrase-file or --passphrase-env, or add the key to ssh-agent",
-        )
 
 
 def load_identity(path: str, passphrase: bytes | None = None) -> Identity:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from twisted_rfwd.errors import RemoteProtocolError
+from twisted_rfwd.errors import MacError, RemoteProtocolError
 
 __all__ = [
     "AEAD_CIPHERS",
@@ -73,13 +73,6 @@ MACS: dict[bytes, tuple[str, int, bool]] = {
     b"hmac-sha2-512-etm@openssh.com": ("sha512", 64, True),
     b"none": ("", 0, False),
 }
-
-
-class MacError(RemoteProtocolError):
-    """A packet failed authentication: corrupted, forged, or keyed wrongly."""
-
-    def __str__(self) -> str:
-        return "packet authentication failed (bad MAC)"
 
 
 class Sealer(Protocol):

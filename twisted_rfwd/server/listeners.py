@@ -19,7 +19,7 @@ from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from twisted_rfwd.errors import RfwdError
+from twisted_rfwd.errors import BindError
 from twisted_rfwd.protocol.addresses import describe_address, host_port
 from twisted_rfwd.protocol.policy import is_ip_literal
 from twisted_rfwd.protocol.wire import ForwardedTcpip
@@ -33,20 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["BindError", "ForwardListener", "PortBinder", "SocketBinder", "bind_forward"]
 
 _log = Logger()
-
-
-class BindError(RfwdError):
-    """No socket could be bound for a forward."""
-
-    def __init__(self, failures: Sequence[tuple[str, int, str]]) -> None:
-        super().__init__(failures)
-        self.failures = list(failures)
-
-    def __str__(self) -> str:
-        return "; ".join(
-            f"cannot listen on {host_port(address, port)}: {reason}"
-            for address, port, reason in self.failures
-        )
 
 
 class PortBinder(Protocol):
