@@ -75,6 +75,9 @@ async def ask(reactor: Any, port: int, message: bytes) -> bytes:
 
 async def main(reactor: Any, keep_running: bool) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="rfwd-demo-"))
+    # However the demo ends: on Ctrl-C (SIGINT) or SIGTERM react() stops the reactor and this
+    # coroutine is never resumed, so the folder is removed when the reactor shuts down.
+    reactor.addSystemEventTrigger("after", "shutdown", remove_workdir, workdir)
     user = getpass.getuser()
     host_key = Key(Ed25519PrivateKey.generate())
     user_key = Key(Ed25519PrivateKey.generate())
@@ -137,6 +140,13 @@ async def main(reactor: Any, keep_running: bool) -> None:
     await maybeDeferred(app.stopListening)
     shutil.rmtree(workdir)
     print("Tunnel closed, throwaway keys removed. Demo done.")
+
+
+def remove_workdir(workdir: Path) -> None:
+    """The throwaway keys and files go, if the demo has not removed them itself."""
+    if workdir.exists():
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"Stopped; removed {workdir}")
 
 
 def run() -> None:

@@ -98,10 +98,13 @@ def ssh_config(
 
 
 def ssh_argv(
-    ssh: str, config: Path, host: str, forwards: Iterable[str], *options: str
+    ssh: str, config: Path, host: str, forwards: Iterable[str], *options: str, session: bool = False
 ) -> list[str]:
-    """C{ssh -N -F config [options] -R ... host}: forwards only, no session."""
-    arguments = [ssh, "-N", "-F", str(config), *options]
+    """
+    C{ssh -N -F config [options] -R ... host}: forwards only, no session; with C{session},
+    without C{-N}, as a user types it (ssh then asks for a shell).
+    """
+    arguments = [ssh, *([] if session else ["-N"]), "-F", str(config), *options]
     for spec in forwards:
         arguments += ["-R", spec]
     arguments.append(host)

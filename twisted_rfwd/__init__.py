@@ -5,7 +5,9 @@ The embedding API, for programs that already run a reactor:
 
   - client side: L{connect} with a L{ClientConfig} gives a L{Tunnel}, and L{TunnelService}
     keeps one up (reconnecting) for as long as it runs;
-  - server side: listen with a L{ForwardingServerFactory} built from a L{ServerConfig}.
+  - server side: listen with a L{ForwardingServerFactory} built from a L{ServerConfig}, whose
+    C{host_keys} are private keys such as L{load_host_key} reads (L{load_identity} reads a
+    client's key, for L{ClientConfig}).
 
 The names below are imported on first use (PEP 562), so importing one layer, such as the
 sans-IO L{twisted_rfwd.protocol}, does not import the others (or Twisted).
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from twisted_rfwd.protocol.spec import RemoteForward, parse_remote_forward
     from twisted_rfwd.server.config import ServerConfig
     from twisted_rfwd.server.factory import ForwardingServerFactory
+    from twisted_rfwd.server.host_keys import load_host_key
 
 # Each public name and the module it lives in.
 _EXPORTS = {
@@ -49,6 +52,7 @@ _EXPORTS = {
     "parse_remote_forward": "twisted_rfwd.protocol.spec",
     "ServerConfig": "twisted_rfwd.server.config",
     "ForwardingServerFactory": "twisted_rfwd.server.factory",
+    "load_host_key": "twisted_rfwd.server.host_keys",
 }
 
 __all__ = [
@@ -67,6 +71,7 @@ __all__ = [
     "TunnelService",
     "__version__",
     "connect",
+    "load_host_key",
     "load_identity",
     "parse_remote_forward",
     "tune_allocator",

@@ -254,9 +254,12 @@ class ServerTests(CommandTestCase):
         self.assertEqual(os.stat(state / "ssh_host_ed25519_key").st_mode & 0o777, 0o600)
 
     async def test_ssh_without_dash_n_is_refused_clearly(self) -> None:
-        """ssh asking for a command gets 'administratively prohibited' with our reason."""
+        """
+        With --sessions no, ssh asking for a command gets 'administratively prohibited' with
+        our reason.
+        """
         keys = self.keys()
-        server, port = await start_rfwd_server(self, reactor(), keys)
+        server, port = await start_rfwd_server(self, reactor(), keys, "--sessions", "no")
         config = ssh_config(keys, port)
         ssh = spawn(
             self, reactor(), "ssh", [openssh_binary("ssh"), "-F", str(config), "rfwd-test", "true"]

@@ -120,8 +120,10 @@ def start_ssh(
     forwards: list[str],
     *options: str,
     config_extra: str = "",
+    session: bool = False,
 ) -> ChildProcess:
-    """OpenSSH's C{ssh -N -F file [options] -R ...}."""
+    """OpenSSH's C{ssh -N -F file [options] -R ...}; without C{-N} if C{session}."""
     ssh = openssh_binary("ssh")
     config = ssh_config(keys, ssh_port, config_extra)
-    return spawn(test, reactor, "ssh", ssh_argv(ssh, config, SSH_HOST, forwards, *options))
+    argv = ssh_argv(ssh, config, SSH_HOST, forwards, *options, session=session)
+    return spawn(test, reactor, "ssh", argv)

@@ -403,6 +403,8 @@ class OptionsTests(SynchronousTestCase):
                 "max_forwards_per_connection": 100,
                 "max_forwards_per_user": 200,
                 "max_channels_per_connection": 16384,
+                "sessions": True,
+                "max_sessions": 10,
             },
         )
         config = ServerConfig(host_keys=[new_key()], **self.parse())

@@ -206,5 +206,6 @@ class ClientConfigTests(SynchronousTestCase):
         """Mutable defaults are fresh for each config."""
         a = ClientConfig(host="a", user="u")
         b = ClientConfig(host="b", user="u")
+        assert isinstance(a.known_hosts, list)
         a.known_hosts.append("/tmp/x")
         self.assertNotIn("/tmp/x", b.known_hosts)

@@ -151,3 +151,103 @@ class SharedParsingTests(SynchronousTestCase):
         client = client_tap.Options()
         client.parseOptions(["-i", str(key), "--drain-time", "1m", "-R", "1:h:2", "host"])
         self.assertEqual(client["config"].drain_time, 60.0)
+
+
+class ClientSSHConfigTests(SynchronousTestCase):
+    """rfwd-client reads ssh_config: -F, a Host alias as destination, -G, precedence."""
+
+    def setUp(self) -> None:
+        from twisted_rfwd.protocol.ssh_config import Sources
+
+        self.directory = Path(self.mktemp()).resolve()
+        self.directory.mkdir()
+        self.key_path = str(write_private_key(new_key(), self.directory / "id"))
+        self.config = self.directory / "ssh_config"
+        self.sources = Sources(
+            user_config=str(self.directory / "absent"),
+            system_config=str(self.directory / "absent"),
+        )
+
+    def options(self, text: str) -> client_tap.Options:
+        self.config.write_text(text)
+        options = client_tap.Options()
+        options.sources = self.sources
+        return options
+
+    def parse(self, text: str, *argv: str) -> ClientConfig:
+        options = self.options(text)
+        options.parseOptions(["-F", str(self.config), *argv])
+        config = options["config"]
+        assert isinstance(config, ClientConfig)
+        return config
+
+    def test_host_alias(self) -> None:
+        """The destination is a Host alias: address, port, user, key and forwards from it."""
+        config = self.parse(
+            f"Host tunnelhost\n  HostName 192.0.2.7\n  Port 2022\n  User tun\n"
+            f"  IdentityFile {self.key_path}\n  RemoteForward 8080 localhost:80\n"
+            "  ExitOnForwardFailure yes\n  ServerAliveInterval 5\n  ServerAliveCountMax 2\n"
+            "  ConnectTimeout 1m\n  StrictHostKeyChecking accept-new\n",
+            "tunnelhost",
+        )
+        self.assertEqual((config.host, config.port, config.user), ("192.0.2.7", 2022, "tun"))
+        self.assertEqual(config.forwards, [RemoteForward(8080, "localhost", 80)])
+        self.assertEqual(len(config.identities), 1)
+        self.assertTrue(config.exit_on_forward_failure)
+        self.assertEqual(config.server_alive_interval, 5.0)
+        self.assertEqual(config.server_alive_count_max, 2)
+        self.assertEqual(config.connect_timeout, 60.0)
+        self.assertEqual(config.strict_host_key_checking, HostKeyPolicy.ACCEPT_NEW)
+
+    def test_command_line_wins(self) -> None:
+        """-p, -l, -o and -R come before the file; -o HostName is accepted."""
+        config = self.parse(
+            f"Host t\n  HostName file\n  Port 1\n  User f\n  IdentityFile {self.key_path}\n"
+            "  RemoteForward 2 h:2\n",
+            "-p", "3", "-l", "cli", "-o", "HostName=cmd", "-R", "1:h:1", "t",
+        )  # fmt: skip
+        self.assertEqual((config.host, config.port, config.user), ("cmd", 3, "cli"))
+        self.assertEqual(config.forwards, [RemoteForward(1, "h", 1), RemoteForward(2, "h", 2)])
+
+    def test_missing_identity_file_in_config_is_skipped(self) -> None:
+        """An IdentityFile of the file that does not exist is skipped, as ssh does."""
+        config = self.parse(
+            f"IdentityFile {self.directory}/nope\nIdentityFile {self.key_path}\n",
+            "-R", "1:h:1", "h",
+        )  # fmt: skip
+        self.assertEqual(len(config.identities), 1)
+
+    def test_ignored_and_unknown_keywords(self) -> None:
+        """ssh keywords rfwd-client does not use pass; unknown ones are FILE line N errors."""
+        self.parse(f"Compression yes\nIdentityFile {self.key_path}\n", "-R", "1:h:1", "h")
+        options = self.options("Port 22\nFrobnicate yes\n")
+        error = self.assertRaises(
+            usage.UsageError, options.parseOptions, ["-F", str(self.config), "-R", "1:h:1", "h"]
+        )
+        self.assertEqual(str(error), f"{self.config} line 2: unsupported option 'Frobnicate'")
+
+    def test_print_config(self) -> None:
+        """-G prints ssh -G's lines for the destination and exits 0, without -R or keys."""
+        import io
+
+        options = self.options("Host t\n  HostName h.example\n  Port 2200\n  User u\n")
+        options.stdout = io.StringIO()
+        exit = self.assertRaises(
+            SystemExit, options.parseOptions, ["-F", str(self.config), "-G", "t"]
+        )
+        self.assertEqual(exit.code, 0)
+        lines = options.stdout.getvalue().splitlines()
+        self.assertEqual(lines[:4], ["host t", "user u", "hostname h.example", "port 2200"])
+        self.assertIn("identityfile ~/.ssh/id_ed25519", lines)
+
+    def test_log_level_from_config(self) -> None:
+        """LogLevel in the file sets the level unless -v or --log-level says otherwise."""
+        from twisted.logger import LogLevel
+
+        text = f"LogLevel DEBUG2\nIdentityFile {self.key_path}\n"
+        options = self.options(text)
+        options.parseOptions(["-F", str(self.config), "-R", "1:h:1", "h"])
+        self.assertEqual(options["log-level"], LogLevel.debug)
+        options = self.options(text)
+        options.parseOptions(["--log-level", "warn", "-F", str(self.config), "-R", "1:h:1", "h"])
+        self.assertEqual(options["log-level"], LogLevel.warn)

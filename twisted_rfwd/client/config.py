@@ -14,6 +14,7 @@ from enum import Enum
 
 from twisted_rfwd.client.identity import Identity
 from twisted_rfwd.errors import ConfigError
+from twisted_rfwd.protocol.algorithms import PUBLIC_KEY_ALGORITHMS
 from twisted_rfwd.protocol.settings import SharedSettings
 from twisted_rfwd.protocol.spec import RemoteForward
 
@@ -58,7 +59,8 @@ class ClientConfig(SharedSettings):
     # Tried (keyboard-interactive, then password) only once public keys have not succeeded.
     password: str | None = field(default=None, repr=False)
     strict_host_key_checking: HostKeyPolicy = HostKeyPolicy.YES
-    known_hosts: list[str] = field(
+    # One path or a list of paths.
+    known_hosts: str | list[str] = field(
         default_factory=lambda: [os.path.expanduser("~/.ssh/known_hosts")]
     )
     exit_on_forward_failure: bool = False
@@ -66,6 +68,16 @@ class ClientConfig(SharedSettings):
     connect_timeout: float = 30.0
     server_alive_interval: float = 15.0
     server_alive_count_max: int = 3
+    # ConnectionAttempts: tries before a connection counts as failed (ssh's; default 1).
+    connection_attempts: int = 1
+    # AddressFamily (any, inet, inet6) and BindAddress for the SSH connection.
+    address_family: str = "any"
+    bind_address: str | None = None
+    # HostKeyAlgorithms and PubkeyAcceptedAlgorithms, in preference order.
+    host_key_algorithms: list[bytes] = field(default_factory=lambda: list(PUBLIC_KEY_ALGORITHMS))
+    pubkey_accepted_algorithms: list[bytes] = field(
+        default_factory=lambda: list(PUBLIC_KEY_ALGORITHMS)
+    )
     reconnect: bool = True
     reconnect_initial_delay: float = 1.0
     reconnect_max_delay: float = 60.0

@@ -48,7 +48,7 @@ class ForwardState:
         self.status, self.error = ForwardStatus.REFUSED, error
 
     def cancelled(self) -> None:
-        """We asked the server to stop listening."""
+        """We asked the server to stop listening (the forward then leaves its table)."""
         self.status = ForwardStatus.CANCELLED
 
 
@@ -81,6 +81,10 @@ class ForwardTable(Sequence[ForwardState]):
         state = ForwardState(spec)
         self._states.append(state)
         return state
+
+    def remove(self, state: ForwardState) -> None:
+        """Forget C{state}: a cancelled forward is no longer one of the connection's."""
+        self._states = [s for s in self._states if s is not state]
 
     def with_status(self, status: ForwardStatus) -> list[ForwardState]:
         """The forwards in C{status}."""

@@ -14,6 +14,7 @@ import fnmatch
 import os
 import struct
 from collections.abc import Sequence
+from typing import Union
 
 from twisted.conch.client.knownhosts import KnownHostsFile
 from twisted.conch.ssh.keys import BadKeyError, Key
@@ -29,7 +30,7 @@ from twisted_rfwd.errors import (
 )
 from twisted_rfwd.ssh.fingerprint import fingerprint
 
-__all__ = ["KnownHosts", "host_key_algorithms_for"]
+__all__ = ["KnownHosts", "KnownHostsPaths", "host_key_algorithms_for", "known_hosts_paths"]
 
 _log = Logger()
 
@@ -47,13 +48,30 @@ def key_type_name(key: Key) -> str:
     return {"EC": "ECDSA", "Ed25519": "ED25519"}.get(key.type(), key.type())
 
 
-class KnownHosts:
-    """The known_hosts files as they apply to one server (C{host}, C{port})."""
+KnownHostsPaths = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]]]
+"""One known_hosts file, or several: what C{ClientConfig.known_hosts} may hold."""
 
-    def __init__(self, paths: Sequence[str], policy: HostKeyPolicy, host: str, port: int) -> None:
-        if not paths:
+
+def known_hosts_paths(paths: KnownHostsPaths) -> list[str]:
+    """
+    The files, in order, with C{~} expanded.  One path given as a string is one file, never a
+    sequence of one-character names.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    return [os.path.expanduser(os.fspath(p)) for p in paths]
+
+
+class KnownHosts:
+    """
+    The known_hosts files as they apply to one server (C{host}, C{port}); C{paths} is one
+    file or a sequence of them.
+    """
+
+    def __init__(self, paths: KnownHostsPaths, policy: HostKeyPolicy, host: str, port: int) -> None:
+        self.paths = known_hosts_paths(paths)
+        if not self.paths:
             raise ValueError("at least one known_hosts path is needed")
-        self.paths = [os.path.expanduser(p) for p in paths]
         self.policy = policy
         self.host = host.lower()
         self.port = port

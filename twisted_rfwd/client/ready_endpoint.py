@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IProtocol,
@@ -101,7 +101,8 @@ class ReadyTunnelEndpoint:
     Connects C{endpoint} with a new tunnel from C{new_tunnel} and fires once the tunnel is
     ready; otherwise fails, after the tunnel closed, with the reason it closed.  A tunnel not
     ready C{ready_within} seconds after its TCP connection was made is dropped.  C{end} is how
-    a tunnel is ended when ClientService stops (or cancels an attempt).
+    a tunnel is ended when ClientService stops (or cancels an attempt).  A TCP connect that
+    fails fails the attempt with what C{connect_failed} makes of it (ssh's sentence, say).
     """
 
     def __init__(
@@ -111,12 +112,14 @@ class ReadyTunnelEndpoint:
         end: Callable[[Tunnel], object],
         clock: IReactorTime,
         ready_within: float,
+        connect_failed: Callable[[Failure], BaseException] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.new_tunnel = new_tunnel
         self.end = end
         self.clock = clock
         self.ready_within = ready_within
+        self.connect_failed = connect_failed
 
     def __repr__(self) -> str:
         # ClientService names its endpoint when it schedules a retry: the server's, as before.
@@ -136,6 +139,7 @@ class _Attempt:
         self._waiting: Deferred[Any] | None = None
         self.result: Deferred[IProtocol] = Deferred(self._cancel)
         self._connecting = endpoint.endpoint.connect(self._factory)
+        self._connecting.addErrback(self._connect_failed)
         self._connecting.addCallback(self._connected).addBoth(self._settle)
 
     def _connected(self, client: IProtocol) -> Deferred[IProtocol]:
@@ -155,6 +159,13 @@ class _Attempt:
         return waiting.addCallbacks(
             lambda _: self._hand_over(tunnel, client), lambda _: self._after_close(tunnel)
         )
+
+    def _connect_failed(self, failure: Failure) -> Failure:
+        """No TCP connection: the reason, as C{connect_failed} words it (not when cancelled)."""
+        describe = self._endpoint.connect_failed
+        if describe is None or self.result.called or failure.check(CancelledError):
+            return failure
+        return Failure(describe(failure))
 
     def _after_close(self, tunnel: Tunnel) -> Deferred[IProtocol]:
         """Fail with the reason the tunnel closed, once it has (and its owner has heard)."""

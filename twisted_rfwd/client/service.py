@@ -6,8 +6,13 @@ attempt counts as a success only once it is authenticated and every forward has 
 (L{ReadyTunnelEndpoint}), so ClientService's own count of failed attempts, which the backoff
 grows with, restarts only then.
 
+Every failed attempt is explained in one line, in ssh's words (C{connect to host H port P:
+Connection refused}, C{Could not resolve hostname H: ...}, the server's disconnect message...),
+and kept as the status file's C{last_error}; then "Next connection attempt in N s".
+
 What retrying cannot fix ends the service through C{on_fatal}: an unknown or changed host key or
 a refused login on the first attempt, and a refused forward under C{ExitOnForwardFailure}.
+Without C{reconnect}, any failure ends it, the first connect included (as ssh exits 255).
 A forward the server refuses otherwise (its port still held by our previous, vanished
 connection, typically) is asked for again, with backoff, until it listens.
 """
@@ -24,8 +29,10 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_rfwd.client.config import ClientConfig
+from twisted_rfwd.client.connect_errors import connect_failure
 from twisted_rfwd.client.forwards import ForwardState, ForwardStatus
 from twisted_rfwd.client.ready_endpoint import ReadyTunnelEndpoint, tunnel_handles
 from twisted_rfwd.client.status import StatusFile, timestamp
@@ -50,7 +57,8 @@ class TunnelState(Enum):
 class TunnelService(Service):
     """
     Keeps one tunnel up for as long as the service runs; C{on_fatal} hears what ends it, and
-    is the one to tell the user (the service does not log it too).
+    is the one to tell the user (the service does not log it too).  C{on_status} hears every
+    status the status file would show (L{snapshot}), written or not: systemd's notices.
     """
 
     def __init__(
@@ -59,14 +67,19 @@ class TunnelService(Service):
         config: ClientConfig,
         on_fatal: Callable[[RfwdError], None],
         endpoint: IStreamClientEndpoint | None = None,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
         self.on_fatal = on_fatal
+        self.on_status = on_status
         self.endpoint = endpoint if endpoint is not None else client_endpoint(reactor, config)
         self.tunnel: Tunnel | None = None
         self.status = StatusFile(config.status_file) if config.status_file else None
         self.connections = 0
+        # TCP connects that failed in a row: ConnectionAttempts allows that many under
+        # --no-reconnect, as ssh retries connect() before giving up.
+        self._connect_failures = 0
         self.last_error: str | None = None
         self.state = TunnelState.STOPPED
         self._since = reactor.seconds()
@@ -87,6 +100,7 @@ class TunnelService(Service):
             self._end_tunnel,
             self.reactor,
             self.config.connect_timeout,
+            self._connect_failed,
         )
         self._client = ClientService(
             endpoint, tunnel_handles(), retryPolicy=self._next_delay, clock=self.reactor
@@ -108,7 +122,9 @@ class TunnelService(Service):
             stopping.addBoth(lambda _: closed)
 
         def stopped(_: object) -> None:
-            self._set_state(TunnelState.STOPPED)
+            # A service that gave up stays "failed" in the status file, with its last_error.
+            if self.state is not TunnelState.FAILED:
+                self._set_state(TunnelState.STOPPED)
 
         return stopping.addBoth(stopped)
 
@@ -132,6 +148,7 @@ class TunnelService(Service):
 
     def _ready(self, tunnel: Tunnel) -> None:
         self.connections += 1
+        self._connect_failures = 0
         self.last_error = None
         self._set_state(TunnelState.CONNECTED)
         for state in tunnel.forwards:
@@ -144,19 +161,38 @@ class TunnelService(Service):
             self.tunnel = None
         if self._ended:
             return
-        self.last_error = str(reason)
         fatal = tunnel.fatal_error
         give_up = fatal is not None and (isinstance(fatal, ForwardRefused) or self.connections == 0)
-        if give_up or not self.config.reconnect:
+        self._failed(fatal or reason, give_up)
+
+    def _connect_failed(self, failure: Failure) -> RfwdError:
+        """No TCP connection (refused, unreachable, no such name): ssh's sentence for it."""
+        error = connect_failure(self.config.host, self.config.port, failure)
+        self._connect_failures += 1
+        if not self._ended:
+            another = self._connect_failures < self.config.connection_attempts
+            self._failed(error, give_up=False, retry_anyway=another)
+        return error
+
+    def _failed(self, reason: RfwdError, give_up: bool, retry_anyway: bool = False) -> None:
+        """One attempt, or a tunnel, has failed: say why once, then retry or give up."""
+        self.last_error = str(reason)
+        if give_up or not (self.config.reconnect or retry_anyway):
             self._ended = True
             self._set_state(TunnelState.FAILED)
             # Not logged here: on_fatal reports it (the plugin logs it once, then exits 255).
+            # ClientService is stopped on the next turn: a connect can fail at once, from
+            # inside its own connection attempt, where it takes no other input.
             if self._client is not None:
-                self._client.stopService()
-            self.on_fatal(fatal or reason)
+                self.reactor.callLater(0, self._stop_client, self._client)
+            self.on_fatal(reason)
             return
         _log.warn("{reason}; reconnecting", reason=str(reason))
         self._set_state(TunnelState.DISCONNECTED)
+
+    def _stop_client(self, client: ClientService) -> None:
+        if self._client is client:
+            client.stopService()
 
     def _next_delay(self, attempt: int) -> float:
         """
@@ -232,8 +268,13 @@ class TunnelService(Service):
         }
 
     def _write_status(self) -> None:
+        if self.status is None and self.on_status is None:
+            return
+        snapshot = self.snapshot()
         if self.status is not None:
-            self.status.write(self.snapshot())
+            self.status.write(snapshot)
+        if self.on_status is not None:
+            self.on_status(snapshot)
 
     def _cancel_retries(self) -> None:
         retries, self._retries = self._retries, {}

@@ -10,9 +10,13 @@ Shape::
      "connections": 3,                       # successful connections so far
      "last_error": null,                     # why the last connection ended or failed
      "forwards": [{"spec": "0:localhost:8000", "state": "listening", "port": 40123,
-                   "last_error": null}]}     # requested | listening | refused | cancelled
+                   "last_error": null}]}     # requested | listening | refused
 
-With port 0 forwards, C{port} is the port the server chose: read it from here.
+With port 0 forwards, C{port} is the port the server chose: read it from here.  A cancelled
+forward is no longer listed.  C{last_error} says, in ssh's words, why the last attempt failed
+(C{connect to host H port P: Connection refused}, C{Could not resolve hostname H: ...}, a host
+key or login refusal, a refused forward, the server's disconnect message); a connection that
+gets ready clears it.
 """
 
 from __future__ import annotations

@@ -35,7 +35,9 @@ class ClientTransport(TransportMixin, SSHClientTransport):
         config = tunnel.config
         self.rekey_bytes = config.rekey_bytes
         self.rekey_seconds = config.rekey_seconds
-        self.supportedPublicKeys = tunnel.known_hosts.order_algorithms(PUBLIC_KEY_ALGORITHMS)
+        # HostKeyAlgorithms, in its order, of those we implement; recorded keys' types first.
+        wanted = [a for a in config.host_key_algorithms if a in PUBLIC_KEY_ALGORITHMS]
+        self.supportedPublicKeys = tunnel.known_hosts.order_algorithms(wanted)
         self.supportedCiphers = list(config.ciphers)
         self.supportedMACs = list(config.macs)
         self.supportedKeyExchanges = list(config.kex_algorithms)
@@ -87,6 +89,7 @@ class ClientTransport(TransportMixin, SSHClientTransport):
                 password=config.password,
                 agent=agent,
                 identities_only=config.identities_only,
+                accepted_algorithms=config.pubkey_accepted_algorithms,
             )
         )
 

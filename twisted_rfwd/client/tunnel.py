@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, gatherResults
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_rfwd.client.config import ClientConfig
-from twisted_rfwd.client.connect_errors import connect_error_text
+from twisted_rfwd.client.connect_errors import connect_failure
 from twisted_rfwd.client.connection import ForwardingClientConnection
 from twisted_rfwd.client.forwards import ForwardState, ForwardStatus, ForwardTable
 from twisted_rfwd.client.interfaces import ITransportOwner
@@ -116,12 +116,16 @@ class Tunnel:
         return idle.addBoth(lambda _: self.close())
 
     def cancel_forward(self, spec: RemoteForward) -> Deferred[None]:
-        """Stop the server listening for C{spec}; connections already open carry on."""
+        """
+        Stop the server listening for C{spec}; connections already open carry on.  The forward
+        leaves L{forwards} at once (a cancelled forward is no longer one of this tunnel's).
+        """
         state = self.forwards.listening(spec)
         if state is None:
             return fail(KeyError(f"no listening forward {spec}"))
         assert self.connection is not None and state.port is not None
         state.cancelled()
+        self.forwards.remove(state)
         self.on_change()
         d = self.connection.cancel_forward(spec, state.port)
         return d.addCallback(lambda _: None)
@@ -208,7 +212,9 @@ class Tunnel:
         def refused(failure: Failure) -> ForwardState:
             failure.trap(GlobalRequestFailed)
             state.refused(str(ForwardRefused(str(spec))))
-            _log.warn("Warning: {error}", error=state.error)
+            if not self.config.exit_on_forward_failure:
+                # Under ExitOnForwardFailure it is the error the tunnel fails with: said once.
+                _log.warn("Warning: {error}", error=state.error)
             self.on_change()
             return state
 
@@ -241,8 +247,14 @@ class Tunnel:
 
 
 def client_endpoint(reactor: Any, config: ClientConfig) -> IStreamClientEndpoint:
-    """The TCP connection to the SSH server."""
-    return HostnameEndpoint(reactor, config.host, config.port, timeout=config.connect_timeout)
+    """The TCP connection to the SSH server, as AddressFamily and BindAddress say."""
+    bind = (config.bind_address, 0) if config.bind_address else None
+    timeout = config.connect_timeout
+    if config.address_family == "inet":
+        return TCP4ClientEndpoint(reactor, config.host, config.port, timeout, bind)
+    if config.address_family == "inet6":
+        return TCP6ClientEndpoint(reactor, config.host, config.port, timeout, bind)
+    return HostnameEndpoint(reactor, config.host, config.port, timeout=timeout, bindAddress=bind)
 
 
 def connect(
@@ -261,8 +273,7 @@ def connect(
     connecting = endpoint.connect(factory)
 
     def connect_failed(failure: Failure) -> Failure:
-        where = f"{config.host} port {config.port}"
-        return Failure(ConnectionClosed(f"connect to {where}: {connect_error_text(failure)}"))
+        return Failure(connect_failure(config.host, config.port, failure))
 
     def connected(_: object) -> Deferred[Tunnel]:
         return tunnel.when_ready()

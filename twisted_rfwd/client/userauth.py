@@ -98,8 +98,11 @@ class PublicKeyAuth(SSHService):
         password: str | None = None,
         agent: AgentKeys | None = None,
         identities_only: bool = False,
+        accepted_algorithms: Sequence[bytes] | None = None,
     ) -> None:
         self.user = user.encode("utf-8")
+        # PubkeyAcceptedAlgorithms: keys whose signature algorithm is not listed are not offered.
+        self._accepted = None if accepted_algorithms is None else set(accepted_algorithms)
         self._identities = list(identities)
         self._next_service = next_service
         self._on_failure = on_failure
@@ -186,8 +189,17 @@ class PublicKeyAuth(SSHService):
     def _next(self) -> None:
         """Make the next request the server's methods allow, or give up."""
         methods = self._methods
-        if Method.PUBLICKEY.value in methods and self._identities:
-            self._query(self._identities.pop(0))
+        while Method.PUBLICKEY.value in methods and self._identities:
+            identity = self._identities.pop(0)
+            algorithm = signature_algorithm(identity.key, self._server_sig_algs())
+            if self._accepted is not None and algorithm not in self._accepted:
+                self._log.debug(
+                    "Skipping {source}: {algorithm} is not in PubkeyAcceptedAlgorithms",
+                    source=identity.source,
+                    algorithm=algorithm.decode("ascii", "replace"),
+                )
+                continue
+            self._query(identity, algorithm)
             return
         if self._password is not None and not self._password_rejected:
             for method in (Method.KEYBOARD_INTERACTIVE, Method.PASSWORD):
@@ -210,8 +222,7 @@ class PublicKeyAuth(SSHService):
         value = extensions.get(b"server-sig-algs")
         return None if value is None else value.split(b",")
 
-    def _query(self, identity: Identity) -> None:
-        algorithm = signature_algorithm(identity.key, self._server_sig_algs())
+    def _query(self, identity: Identity, algorithm: bytes) -> None:
         self._method, self._current = Method.PUBLICKEY, (identity, algorithm)
         blob = identity.key.blob()
         self._request(Method.PUBLICKEY.value, b"\x00" + pack_string(algorithm) + pack_string(blob))

@@ -118,9 +118,25 @@ def _userauth_request(payload: bytes) -> None:
             signature.string()
     elif method == b"password":
         reader = Reader(reader.rest(), "password userauth request")
-        if reader.boolean():
-            raise MalformedPacket("password userauth request", "password changes are refused")
+        changing = reader.boolean()
         reader.string()
+        if changing:
+            # A change request: refused and counted as a failure by the server, as sshd does.
+            reader.string()
+
+
+# sshd's limit on keyboard-interactive answers in one message (auth2-chall.c).
+_MAX_INFO_RESPONSES = 100
+
+
+def _userauth_info_response(payload: bytes) -> None:
+    reader = Reader(payload, "SSH_MSG_USERAUTH_INFO_RESPONSE")
+    count = reader.uint32()
+    if count > _MAX_INFO_RESPONSES:
+        raise MalformedPacket("SSH_MSG_USERAUTH_INFO_RESPONSE", f"{count} responses")
+    for _ in range(count):
+        reader.string()
+    _end(reader, "SSH_MSG_USERAUTH_INFO_RESPONSE")
 
 
 def _userauth_failure(payload: bytes) -> None:
@@ -144,6 +160,7 @@ _SERVER_CHECKS: dict[int, Callable[[bytes], None]] = {
     phases.MSG_NEWKEYS: _newkeys,
     phases.MSG_KEX_ECDH_INIT: _ecdh_init,
     phases.MSG_USERAUTH_REQUEST: _userauth_request,
+    phases.MSG_USERAUTH_INFO_RESPONSE: _userauth_info_response,
 }
 
 _CLIENT_CHECKS: dict[int, Callable[[bytes], None]] = {

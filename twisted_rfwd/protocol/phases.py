@@ -11,7 +11,9 @@ Rules (RFC 4253, 4252, 4254 and OpenSSH's strict key exchange), for what we *rec
      nothing else either, not even IGNORE or DEBUG.
   3. After the first NEWKEYS: one C{ssh-userauth} service per connection (SERVICE_REQUEST on a
      server, SERVICE_ACCEPT on a client), then that service's messages, then, once logged in,
-     the connection protocol's.
+     the connection protocol's.  A server takes a keyboard-interactive answer (INFO_RESPONSE)
+     only while its own question (INFO_REQUEST) is unanswered (RFC 4256 section 3.4), as sshd
+     does; a new USERAUTH_REQUEST abandons the question.
   4. A re-key may start in any phase after the first: from the peer's KEXINIT to its NEWKEYS it
      may send only key exchange messages (RFC 4253 section 7.1).
   5. DISCONNECT, IGNORE, UNIMPLEMENTED and DEBUG are welcome whenever rule 2's strict KEX does
@@ -72,6 +74,8 @@ class Phase(enum.Enum):
     FIRST_KEX = "the initial key exchange"
     NO_SERVICE = "the wait for the service request"
     USERAUTH = "user authentication"
+    # A server that sent a keyboard-interactive INFO_REQUEST, until the answer (or a new request).
+    USERAUTH_INFO = "user authentication, awaiting a keyboard-interactive answer"
     CONNECTION = "the connection protocol"
 
 
@@ -89,8 +93,10 @@ class KexStage(enum.Enum):
 _OUTSIDE_KEX: dict[tuple[Side, Phase], frozenset[int]] = {
     (Side.SERVER, Phase.FIRST_KEX): _GENERIC | {MSG_KEXINIT},
     (Side.SERVER, Phase.NO_SERVICE): _GENERIC | {MSG_KEXINIT, MSG_SERVICE_REQUEST, MSG_EXT_INFO},
-    # No INFO_RESPONSE: the server offers no keyboard-interactive, so none can be pending.
+    # No INFO_RESPONSE unless the server asked a keyboard-interactive question (USERAUTH_INFO).
     (Side.SERVER, Phase.USERAUTH): _GENERIC | {MSG_KEXINIT, MSG_USERAUTH_REQUEST},
+    (Side.SERVER, Phase.USERAUTH_INFO): _GENERIC
+    | {MSG_KEXINIT, MSG_USERAUTH_REQUEST, MSG_USERAUTH_INFO_RESPONSE},
     # sshd ignores a USERAUTH_REQUEST after the login (RFC 4252 section 5.1): see IGNORED.
     (Side.SERVER, Phase.CONNECTION): _GENERIC | {MSG_KEXINIT, MSG_USERAUTH_REQUEST} | _CONNECTION,
     (Side.CLIENT, Phase.FIRST_KEX): _GENERIC | {MSG_KEXINIT},
@@ -106,6 +112,8 @@ _OUTSIDE_KEX: dict[tuple[Side, Phase], frozenset[int]] = {
     },
     (Side.CLIENT, Phase.CONNECTION): _GENERIC | {MSG_KEXINIT} | _CONNECTION,
 }
+# A client never waits in USERAUTH_INFO (only a server asks questions): the same as USERAUTH.
+_OUTSIDE_KEX[Side.CLIENT, Phase.USERAUTH_INFO] = _OUTSIDE_KEX[Side.CLIENT, Phase.USERAUTH]
 
 # Accepted, and then dropped without an answer.
 IGNORED: dict[tuple[Side, Phase], frozenset[int]] = {
@@ -175,7 +183,7 @@ def refusal(side: Side, phase: Phase, stage: KexStage, message: int, length: int
     Why C{message} (of C{length} bytes) is refused now, for the log and the peer: its number,
     name and length, never its content.
     """
-    if message == MSG_SERVICE_REQUEST and phase is Phase.USERAUTH:
+    if message == MSG_SERVICE_REQUEST and phase in (Phase.USERAUTH, Phase.USERAUTH_INFO):
         why = "a second service request"
     elif message == MSG_SERVICE_REQUEST and phase is Phase.CONNECTION:
         why = "service request after authentication"

@@ -1,16 +1,23 @@
 """
-Public-key login for rfwd-server: where authorized keys live, how a key is checked, and what a
-successful login carries forward (the key's forwarding options).
+Logins to rfwd-server: public keys (where authorized keys live, how a key is checked), passwords
+(C{password} and C{keyboard-interactive}, checked by L{twisted_rfwd.server.passwords}), sshd's
+access lists (AllowUsers, DenyUsers, AllowGroups, DenyGroups), and what a successful login
+carries forward (the key's forwarding options).
 
-Built on Twisted Cred: L{AuthorizedKeysChecker} is the checker, L{ForwardingRealm} the realm, and
-L{ServerUserAuth} the Conch userauth service, extended only to tell the checker the client's
-address (for C{from=}) and to log refusals with user and peer.
+Built on Twisted Cred: L{AuthorizedKeysChecker} and the password checker are the checkers,
+L{ForwardingRealm} the realm, and L{ServerUserAuth} the Conch userauth service, extended to
+offer the methods the configuration enables, to ask keyboard-interactive's one question, to
+tell the checkers the client's address (for C{from=}) and the access lists' verdict, to take one
+request at a time, and to log refusals with user and peer.
 """
 
 from __future__ import annotations
 
+import grp
+import os
 import pwd
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -23,6 +30,7 @@ from twisted.conch.ssh.keys import Key
 from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
 from twisted.conch.ssh.userauth import (
     MSG_USERAUTH_FAILURE,
+    MSG_USERAUTH_INFO_REQUEST,
     MSG_USERAUTH_PK_OK,
     SSHUserAuthServer,
 )
@@ -41,13 +49,15 @@ from twisted_rfwd.errors import RemoteProtocolError
 from twisted_rfwd.protocol.addresses import describe_address
 from twisted_rfwd.protocol.messages import loggable
 from twisted_rfwd.protocol.userauth import publickey_signed_data
-from twisted_rfwd.protocol.wire import Reader
+from twisted_rfwd.protocol.wire import Reader, pack_string, pack_uint32
 from twisted_rfwd.server.authorized_keys import (
     AuthorizedKey,
     KeyOptions,
     matches_from,
     parse_authorized_keys,
 )
+from twisted_rfwd.server.config import ServerConfig
+from twisted_rfwd.server.passwords import MAXIMUM_USER_NAME, PasswordAttempt, PasswordLogin
 from twisted_rfwd.ssh.fingerprint import fingerprint
 from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
 
@@ -58,14 +68,18 @@ __all__ = [
     "ForwardingRealm",
     "LoginIdentity",
     "ServerUserAuth",
+    "access_refusal",
+    "auth_methods",
+    "match_user",
+    "system_groups",
 ]
 
 _log = Logger()
 
 # sshd's RequiredRSASize.
 MINIMUM_RSA_BITS = 1024
-# Longer user names, or unprintable ones, are refused: they end up in file paths and log lines.
-MAXIMUM_USER_NAME = 64
+# keyboard-interactive's one question, as sshd's PAM asks it; not echoed.
+PASSWORD_PROMPT = b"Password: "
 
 
 def _home_directory(user: str) -> str | None:
@@ -139,12 +153,16 @@ class AuthorizedKeysFiles:
 
 @dataclass(frozen=True)
 class LoginIdentity:
-    """Who logged in, with which key, and what that key permits."""
+    """
+    Who logged in, with which key, and what that key permits; a password login has no key
+    (C{key_type} names its method, C{fingerprint} is empty) and the default options.
+    """
 
     user: str
     key_type: str
     fingerprint: str
     options: KeyOptions
+    method: str = "publickey"
 
 
 class PeerSSHPrivateKey(SSHPrivateKey):
@@ -240,36 +258,230 @@ class ForwardingRealm:
     ) -> tuple[Any, ForwardingAvatar, Callable[[], None]]:
         if IConchUser not in interfaces:
             raise NotImplementedError("only IConchUser avatars are available")
+        if isinstance(avatarId, PasswordLogin):
+            avatarId = LoginIdentity(
+                user=avatarId.user,
+                key_type=avatarId.method,
+                fingerprint="",
+                options=KeyOptions(),
+                method=avatarId.method,
+            )
         return IConchUser, ForwardingAvatar(avatarId), lambda: None
+
+
+# -- sshd's AllowUsers, DenyUsers, AllowGroups, DenyGroups ------------------------------------
+
+
+def _wildcard(pattern: str, text: str) -> bool:
+    """sshd's C{match_pattern}: C{*} and C{?} only, case-sensitive, the whole of C{text}."""
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch("".join(parts), text, re.DOTALL) is not None
+
+
+def match_user(user: str, host: str, pattern: str) -> bool:
+    """
+    sshd's C{match_user}: C{USER}, or C{USER@HOST} where C{HOST} is a comma-separated list of
+    addresses, wildcards, CIDR blocks and C{!}negations, matched against the client's numeric
+    address (sshd's C{UseDNS no}).  The last C{@} splits the two.
+    """
+    name, at, hosts = pattern.rpartition("@")
+    if not at:
+        return _wildcard(pattern, user)
+    return _wildcard(name, user) and matches_from(tuple(hosts.split(",")), host)
+
+
+def system_groups(user: str) -> list[str] | None:
+    """The system user's groups (primary and supplementary), or None if there is no such user."""
+    try:
+        entry = pwd.getpwnam(user)
+        gids = os.getgrouplist(user, entry.pw_gid)
+    except (KeyError, ValueError, OSError):
+        return None
+    names = []
+    for gid in gids:
+        try:
+            names.append(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return names
+
+
+def access_refusal(
+    user: str,
+    host: str,
+    config: ServerConfig,
+    groups_of: Callable[[str], Sequence[str] | None] = system_groups,
+) -> str | None:
+    """
+    Why the access lists refuse C{user} from C{host}, in sshd's words, or None if they allow
+    it.  sshd's order (C{allowed_user} in C{auth.c}): DenyUsers, AllowUsers, then the groups
+    (only looked up when a group list is set): DenyGroups, AllowGroups.  A login name that is
+    not a system user has no groups: AllowGroups refuses it, DenyGroups cannot match it (sshd,
+    which has no such users, refuses a user without groups whichever list is set).
+    """
+    if any(match_user(user, host, pattern) for pattern in config.deny_users):
+        return "listed in DenyUsers"
+    if config.allow_users and not any(
+        match_user(user, host, pattern) for pattern in config.allow_users
+    ):
+        return "not listed in AllowUsers"
+    if not (config.deny_groups or config.allow_groups):
+        return None
+    groups = groups_of(user) or []
+    if not groups and config.allow_groups:
+        return "not in any group"
+    if any(_wildcard(p, group) for p in config.deny_groups for group in groups):
+        return "a group is listed in DenyGroups"
+    if config.allow_groups and not any(
+        _wildcard(p, group) for p in config.allow_groups for group in groups
+    ):
+        return "none of user's groups are listed in AllowGroups"
+    return None
+
+
+def auth_methods(config: ServerConfig) -> list[bytes]:
+    """The methods C{config} enables, in the order sshd lists them."""
+    enabled = [
+        (config.pubkey_authentication, b"publickey"),
+        (config.password_authentication, b"password"),
+        (config.kbd_interactive_authentication, b"keyboard-interactive"),
+    ]
+    return [method for on, method in enabled if on]
 
 
 class ServerUserAuth(SSHUserAuthServer):
     """
-    Conch's userauth server with sshd's limits, the peer address, and logged refusals.
+    Conch's userauth server with sshd's methods, limits and access lists, the peer address, and
+    logged refusals.
 
     Failures are counted as sshd counts them (C{userauth_finish} in OpenSSH's C{auth2.c}):
     every failed request counts except a first C{none}; a key the server would accept
-    (C{PK_OK}) is not a failure; the connection is dropped at the C{MaxAuthTries}th failure,
-    with sshd's "Too many authentication failures".  One C{ssh-userauth} service per connection
-    (the transport's phase table), so the count cannot be reset.
+    (C{PK_OK}) is not a failure, nor is a keyboard-interactive question (its answer is); the
+    connection is dropped at the C{MaxAuthTries}th failure, with sshd's "Too many
+    authentication failures".  One C{ssh-userauth} service per connection (the transport's
+    phase table), so the count cannot be reset.
+
+    Requests are taken one at a time, as sshd's single thread takes them: one that arrives while
+    a password is being checked waits (at most C{max_auth_tries} of them), so a client cannot
+    set many bcrypt computations going at once.  A request while a keyboard-interactive answer
+    is awaited abandons that question (RFC 4256 section 3.1), and does not count it.
+
+    @ivar groups_of: a user's groups for AllowGroups/DenyGroups (L{system_groups}).
     """
 
-    def __init__(self, clock: IReactorTime, login_grace_time: float, max_auth_tries: int) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        login_grace_time: float,
+        max_auth_tries: int,
+        groups_of: Callable[[str], Sequence[str] | None] = system_groups,
+    ) -> None:
         self.clock = clock
         self.loginTimeout = login_grace_time  # type: ignore[assignment]
         self.max_auth_tries = max_auth_tries
+        self.groups_of = groups_of
         # Conch's own counter never fires: ours (below) ends the connection first.
         self.attemptsBeforeDisconnect = max_auth_tries + 1
         self.attempts = 0
         self.failures = 0
+        # This attempt's settings and access-list verdict (see _begin_attempt).
+        self._config: ServerConfig | None = None
+        self._refusal: str | None = None
+        self._refusals_logged: set[str] = set()
+        # An attempt is being decided here (not waiting for the peer): requests wait in _queued.
+        self._busy = False
+        self._queued: list[bytes] = []
+        # The keyboard-interactive attempt waiting for its answer.
+        self._question: Deferred[Any] | None = None
+        self._stopped = False
+
+    def config_for(self, user: str | None) -> ServerConfig:
+        """
+        The settings in force for an attempt by C{user} (None: before any request), from this
+        one place: the factory's, with its Match blocks applied for this user and connection.
+        """
+        assert self.transport is not None
+        factory: Any = self.transport.factory
+        config: ServerConfig = (
+            factory.config if user is None else factory.config_for_transport(self.transport, user)
+        )
+        return config
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.supportedAuthentications = auth_methods(self.config_for(None))
+
+    def serviceStopped(self) -> None:
+        self._stopped = True
+        self._queued.clear()
+        self._abandon_question()
+        super().serviceStopped()
 
     def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Any:
+        if self._stopped:
+            return None
+        if self._busy:
+            if len(self._queued) >= self.max_auth_tries:
+                assert isinstance(self.transport, TransportMixin)
+                self.transport.protocol_error("too many authentication requests without an answer")
+                return None
+            self._queued.append(packet)
+            return None
+        self._abandon_question()
         self.attempts += 1
-        return super().ssh_USERAUTH_REQUEST(packet)
+        self._begin_attempt(Reader(packet, "SSH_MSG_USERAUTH_REQUEST").string())
+        self._busy = True
+        try:
+            d = super().ssh_USERAUTH_REQUEST(packet)
+        except BaseException:
+            self._busy = False  # the peer's garbage (a protocol error) or our bug: passed on
+            raise
+        if d is not None:
+            d.addBoth(self._attempt_over)
+        # A keyboard-interactive question waits for the peer: what it sent next may proceed.
+        self._take_next()
+        return d
+
+    def _begin_attempt(self, raw_user: bytes) -> None:
+        """This attempt's settings, methods and access-list verdict (logged once per user)."""
+        user = raw_user.decode("utf-8", "replace")
+        config = self.config_for(user)
+        self._config = config
+        self.supportedAuthentications = auth_methods(config)
+        host = self._peer_host()
+        self._refusal = access_refusal(user, host, config, self.groups_of)
+        if self._refusal is not None and user not in self._refusals_logged:
+            self._refusals_logged.add(user)
+            _log.info(
+                "User {user} from {host} not allowed because {reason}",
+                user=loggable(raw_user),
+                host=host,
+                reason=self._refusal,
+            )
+
+    def _attempt_over(self, result: object) -> object:
+        """An attempt is decided: the next waiting request may proceed."""
+        self._busy = False
+        self._take_next()
+        return result
+
+    def _take_next(self) -> None:
+        """The oldest waiting request, once nothing is being decided (none once logged in)."""
+        if self._busy or not self._queued:
+            return
+        if self._stopped or self.transport is None or self.transport.service is not self:
+            self._queued.clear()
+            return
+        self.ssh_USERAUTH_REQUEST(self._queued.pop(0))
+
+    def _cbFinishedAuth(self, result: Any) -> None:
+        if self._stopped:
+            return  # the connection went while a password was checked
+        super()._cbFinishedAuth(result)
 
     def _ebBadAuth(self, reason: Failure) -> None:
         """sshd's C{userauth_finish} for a failure: count it, and end at MaxAuthTries."""
-        if reason.check(IgnoreAuthentication):
+        if reason.check(IgnoreAuthentication) or self._stopped:
             return
         assert self.transport is not None
         if reason.check(RemoteProtocolError):
@@ -299,6 +511,92 @@ class ServerUserAuth(SSHUserAuthServer):
     def _user(self) -> str:
         return loggable(self.user or b"")
 
+    def _peer_host(self) -> str:
+        return str(getattr(self._peer(), "host", ""))
+
+    # -- password and keyboard-interactive -------------------------------------------------
+
+    def auth_password(self, packet: bytes) -> Deferred[Any]:
+        request = Reader(packet, "password userauth request")
+        if request.boolean():
+            # sshd: "password change not supported"; the attempt fails and counts.
+            refused = UnauthorizedLogin("a password change was requested; changes are refused")
+            failed: Deferred[Any] = defer.fail(refused)
+            return failed.addErrback(self._log_password_failure, "password")
+        return self._check_password(request.string(), "password")
+
+    def auth_keyboard_interactive(self, packet: bytes) -> Deferred[Any]:
+        """
+        sshd's keyboard-interactive without PAM devices: one question, C{Password: } (not
+        echoed); the answer is checked as a password.  The language and submethods are ignored.
+        """
+        request = Reader(packet, "keyboard-interactive userauth request")
+        request.string()
+        request.string()
+        assert isinstance(self.transport, TransportMixin)
+        question: Deferred[Any] = Deferred()
+        self._question = question
+        self.transport.sendPacket(
+            MSG_USERAUTH_INFO_REQUEST,
+            pack_string(b"")  # name
+            + pack_string(b"")  # instruction
+            + pack_string(b"")  # language
+            + pack_uint32(1)
+            + pack_string(PASSWORD_PROMPT)
+            + b"\x00",  # echo off
+        )
+        self.transport.await_info_response(True)
+        self._busy = False  # waiting for the peer: a new request may abandon the question
+        return question
+
+    def ssh_USERAUTH_INFO_RESPONSE(self, packet: bytes) -> None:
+        """The answer to the question (the transport takes none while no question is open)."""
+        question, self._question = self._question, None
+        assert isinstance(self.transport, TransportMixin)
+        self.transport.await_info_response(False)
+        if question is None:
+            raise RemoteProtocolError("keyboard-interactive answer without a question")
+        self._busy = True
+        answers = Reader(packet, "SSH_MSG_USERAUTH_INFO_RESPONSE")
+        count = answers.uint32()
+        if count != 1:
+            # sshd: "wrong number of replies", a protocol error.
+            question.errback(RemoteProtocolError(f"{count} keyboard-interactive answers to 1"))
+            return
+        self._check_password(answers.string(), "keyboard-interactive").chainDeferred(question)
+
+    def _abandon_question(self) -> None:
+        """A keyboard-interactive question left unanswered ends without counting."""
+        question, self._question = self._question, None
+        if question is None:
+            return
+        if isinstance(self.transport, TransportMixin):
+            self.transport.await_info_response(False)
+        question.errback(IgnoreAuthentication())
+
+    def _check_password(self, password: bytes, method: str) -> Deferred[Any]:
+        config = self._config if self._config is not None else self.config_for(None)
+        refusal = None if self._refusal is None else f"not allowed because {self._refusal}"
+        attempt = PasswordAttempt(
+            self.user or b"", password, method, config.password_hashes, refusal
+        )
+        d: Deferred[Any] = self.portal.login(attempt, None, IConchUser)
+        return d.addErrback(self._log_password_failure, method)
+
+    def _log_password_failure(self, failure: Failure, method: str) -> Failure:
+        """sshd's "Failed password for USER from HOST": who and why, never the password."""
+        if failure.check(UnauthorizedLogin) and not self._stopped:
+            _log.info(
+                "Failed {method} for {user} from {peer}: {reason}",
+                method=method,
+                user=self._user(),
+                peer=describe_address(self._peer()),
+                reason=failure.getErrorMessage(),
+            )
+        return failure
+
+    # -- publickey -----------------------------------------------------------------------------
+
     def auth_publickey(self, packet: bytes) -> Deferred[Any]:
         request = Reader(packet, "publickey userauth request")
         has_signature = request.boolean()
@@ -320,11 +618,19 @@ class ServerUserAuth(SSHUserAuthServer):
             Key.fromString(blob)
         except Exception:  # Conch's key parser raises anything on garbage: the peer's fault
             return defer.fail(UnauthorizedLogin("unparsable public key"))
-        peer_host = str(getattr(self._peer(), "host", ""))
+        if self._refusal is not None:
+            d: Deferred[Any] = defer.fail(UnauthorizedLogin(f"not allowed because {self._refusal}"))
+            return d.addErrback(self._log_refusal, algorithm, blob)
+        config = self._config if self._config is not None else self.config_for(None)
+        if algorithm not in config.pubkey_accepted_algorithms:
+            refused: Deferred[Any] = defer.fail(
+                UnauthorizedLogin(f"{loggable(algorithm)} is not in PubkeyAcceptedAlgorithms")
+            )
+            return refused.addErrback(self._log_refusal, algorithm, blob)
         credentials = PeerSSHPrivateKey(
-            self.user or b"", algorithm, blob, signed_data, signature, peer_host
+            self.user or b"", algorithm, blob, signed_data, signature, self._peer_host()
         )
-        d: Deferred[Any] = self.portal.login(credentials, None, IConchUser)
+        d = self.portal.login(credentials, None, IConchUser)
         if not has_signature:
             d.addErrback(self._key_acceptable, algorithm, blob)
         d.addErrback(self._log_refusal, algorithm, blob)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from twisted.conch.ssh.keys import Key
 
+from twisted_rfwd.protocol.algorithms import PUBLIC_KEY_ALGORITHMS
 from twisted_rfwd.protocol.policy import GatewayPorts, ListenPolicy
 from twisted_rfwd.protocol.settings import SharedSettings
 
@@ -56,5 +57,10 @@ class ServerConfig(SharedSettings):
     allow_tcp_forwarding: bool = True
     # sshd's Banner: a file sent before authentication (None: none).
     banner: str | None = None
+    # sshd's HostKeyAlgorithms and PubkeyAcceptedAlgorithms (signature algorithm names).
+    host_key_algorithms: list[bytes] = field(default_factory=lambda: list(PUBLIC_KEY_ALGORITHMS))
+    pubkey_accepted_algorithms: list[bytes] = field(
+        default_factory=lambda: list(PUBLIC_KEY_ALGORITHMS)
+    )
     client_alive_interval: float = 15.0
     client_alive_count_max: int = 3

@@ -1,7 +1,8 @@
 """
 The server's C{ssh-connection} service: C{tcpip-forward} and C{cancel-tcpip-forward} open and
-close listeners; every channel the client asks for is refused, because this server only
-forwards ports (so C{ssh -N} works, and a shell request gets a clear no).
+close listeners.  A C{session} channel is held open, running nothing, so that C{ssh -R ...}
+without C{-N} keeps its forwards until the user leaves (L{twisted_rfwd.server.session}; with
+C{sessions} off it is refused, as every other channel the client asks for is).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 
+from twisted_rfwd._version import __version__
 from twisted_rfwd.errors import ChannelOpenFailed
 from twisted_rfwd.protocol import wire
 from twisted_rfwd.protocol.messages import loggable
@@ -17,6 +19,7 @@ from twisted_rfwd.server.auth import LoginIdentity
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.descriptors import DescriptorBudget, ForwardCounts
 from twisted_rfwd.server.listeners import BindError, ForwardListener, PortBinder, bind_forward
+from twisted_rfwd.server.session import HeldSession
 from twisted_rfwd.ssh.channel import Channel
 from twisted_rfwd.ssh.log_budget import LogBudget
 from twisted_rfwd.ssh.mux import ChannelMux
@@ -57,6 +60,9 @@ class ForwardingServerConnection(ChannelMux):
         self.forward_counts = forward_counts if forward_counts is not None else ForwardCounts()
         # Every line the client can repeat at will goes through this (see log_budget).
         self.log_budget: LogBudget | None = None
+        self.sessions: dict[Channel, HeldSession] = {}
+        # The client said it opens no more sessions (no-more-sessions@openssh.com).
+        self.no_more_sessions = False
 
     def note(self, what: str, level: LogLevel, format: str, /, **fields: object) -> None:
         """Log a line the client could make us repeat, within this connection's budget."""
@@ -67,13 +73,21 @@ class ForwardingServerConnection(ChannelMux):
     def serviceStarted(self) -> None:
         self._registry.add(self)
         self.start_keepalive(self.config.client_alive_interval, self.config.client_alive_count_max)
-        self._log.info(
-            "Accepted publickey for {user} from {peer}: {key_type} {fingerprint}",
-            user=self.login.user,
-            peer=self.peer_description(),
-            key_type=self.login.key_type,
-            fingerprint=self.login.fingerprint,
-        )
+        if self.login.method == "publickey":
+            self._log.info(
+                "Accepted publickey for {user} from {peer}: {key_type} {fingerprint}",
+                user=self.login.user,
+                peer=self.peer_description(),
+                key_type=self.login.key_type,
+                fingerprint=self.login.fingerprint,
+            )
+        else:
+            self._log.info(
+                "Accepted {method} for {user} from {peer}",
+                method=self.login.method,
+                user=self.login.user,
+                peer=self.peer_description(),
+            )
 
     def serviceStopped(self) -> None:
         super().serviceStopped()
@@ -96,16 +110,28 @@ class ForwardingServerConnection(ChannelMux):
         for listener in list(self.listeners.values()):
             self._close_listener(listener, why)
         self.listeners.clear()
+        for session in list(self.sessions.values()):
+            session.server_stopping()
 
     def global_request_received(self, name: bytes, data: bytes) -> bytes | None:
         if name == b"tcpip-forward":
             return self._forward(wire.TcpipForward.parse(data))
         if name == b"cancel-tcpip-forward":
             return self._cancel(wire.TcpipForward.parse(data, "cancel-tcpip-forward request"))
+        if name == b"no-more-sessions@openssh.com":
+            self.no_more_sessions = True
+            return b""
         return None
 
     def channel_open_requested(self, channel_type: bytes, data: bytes, channel: Channel) -> None:
-        reason = _REFUSALS.get(channel_type, f"unknown channel type {loggable(channel_type)}")
+        if channel_type == b"session":
+            refusal = self._session_refusal()
+            if refusal is None:
+                self._open_session(channel)
+                return
+            reason = refusal
+        else:
+            reason = _REFUSALS.get(channel_type, f"unknown channel type {loggable(channel_type)}")
         self.note(
             "channel refusals",
             LogLevel.info,
@@ -121,6 +147,55 @@ class ForwardingServerConnection(ChannelMux):
             else wire.OPEN_ADMINISTRATIVELY_PROHIBITED
         )
         raise ChannelOpenFailed(code, reason)
+
+    def channel_request_received(
+        self, channel: Channel, request_type: bytes, want_reply: bool, data: bytes
+    ) -> bool:
+        """Requests on a session go to it; those on forwarded channels are refused."""
+        session = self.sessions.get(channel)
+        return session is not None and session.request(request_type, data)
+
+    def _session_refusal(self) -> str | None:
+        if not self.config.sessions:
+            return _REFUSALS[b"session"]
+        if self.shutting_down:
+            return "the server is shutting down"
+        if self.no_more_sessions:
+            return "the client asked for no more sessions (no-more-sessions@openssh.com)"
+        if self.config.max_sessions == 0:
+            return "sessions are disabled on this server (MaxSessions 0); use ssh -N"
+        if len(self.sessions) >= self.config.max_sessions:
+            return f"this connection already has {len(self.sessions)} sessions (MaxSessions)"
+        return None
+
+    def _open_session(self, channel: Channel) -> None:
+        """Hold a session channel open (see L{HeldSession}); it is confirmed on return."""
+        session = HeldSession(
+            channel,
+            self,
+            user=self.login.user,
+            version=__version__,
+            forwards=lambda: [listener.describe() for listener in self.listeners.values()],
+            event=lambda what: self._session_event(channel, what),
+            ended=self._session_ended,
+        )
+        self.sessions[channel] = session
+        channel.attach(session)
+        self._session_event(channel, "opened")
+
+    def _session_ended(self, session: HeldSession) -> None:
+        self.sessions.pop(session.channel, None)
+
+    def _session_event(self, channel: Channel, what: str) -> None:
+        self.note(
+            "sessions",
+            LogLevel.info,
+            "Session {number} of {user} from {peer}: {what}",
+            number=channel.local_id,
+            user=self.login.user,
+            peer=self.peer_description(),
+            what=what,
+        )
 
     def _forward(self, request: wire.TcpipForward) -> bytes | None:
         address, port = request.address, request.port
@@ -160,6 +235,8 @@ class ForwardingServerConnection(ChannelMux):
         # Addresses that did not bind hold no descriptor.
         self.descriptors.release_listeners(user, len(addresses) - len(listener.ports))
         self.listeners[(address, listener.port)] = listener
+        for session in list(self.sessions.values()):
+            session.forward_added(listener.describe())
         self.note(
             "forwards",
             LogLevel.info,
@@ -173,6 +250,8 @@ class ForwardingServerConnection(ChannelMux):
 
     def _policy_refusal(self, address: str, port: int) -> str | None:
         options = self.login.options
+        if not self.config.allow_tcp_forwarding:
+            return "TCP forwarding is disabled on this server (AllowTcpForwarding)"
         if not options.port_forwarding:
             return "port forwarding is disabled for this key"
         if not options.allows_listen(address, port):

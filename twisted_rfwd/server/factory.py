@@ -44,9 +44,10 @@ from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.connection import ForwardingServerConnection
 from twisted_rfwd.server.descriptors import DescriptorBudget, ForwardCounts
 from twisted_rfwd.server.listeners import PortBinder, SocketBinder
+from twisted_rfwd.server.passwords import PasswordChecker
 from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
 
-__all__ = ["ForwardingServerFactory", "ServerTransport"]
+__all__ = ["ForwardingServerFactory", "MatchHook", "ServerTransport"]
 
 _log = Logger()
 
@@ -59,6 +60,8 @@ class ServerTransport(TransportMixin, SSHServerTransport):
     _grace: IDelayedCall | None = None
     # Set by the factory: this connection's MaxStartups slot (until login) and descriptor.
     startup: Startup | None = None
+    # What server-sig-algs announces: the configured PubkeyAcceptedAlgorithms.
+    pubkey_algorithms: list[bytes] = PUBLIC_KEY_ALGORITHMS
     descriptors: DescriptorBudget | None = None
 
     def connectionMade(self) -> None:
@@ -123,7 +126,7 @@ class ServerTransport(TransportMixin, SSHServerTransport):
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
         # Conch advertises its host-key algorithms here; clients read this as the user-key
         # algorithms we accept, and OpenSSH skips RSA keys if rsa-sha2-* are missing.
-        super().sendExtInfo([(b"server-sig-algs", b",".join(PUBLIC_KEY_ALGORITHMS))])
+        super().sendExtInfo([(b"server-sig-algs", b",".join(self.pubkey_algorithms))])
 
 
 class _Dropped(Protocol):
@@ -139,6 +142,16 @@ class _Dropped(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._descriptors.release_connection()
+
+
+MatchHook = Callable[[ServerConfig, str, str | None, str | None, int | None], ServerConfig]
+"""C{(config, user, address, local_address, local_port) -> that connection's config}."""
+
+
+def _ip(addr: object) -> str | None:
+    """The IP address of a TCP address object; None for other kinds (UNIX sockets, fakes)."""
+    host = getattr(addr, "host", None)
+    return host if isinstance(host, str) and host else None
 
 
 def _source(addr: IAddress) -> str:
@@ -167,20 +180,24 @@ class ForwardingServerFactory(SSHFactory):
         binder: PortBinder | None = None,
         descriptors: DescriptorBudget | None = None,
         random_below: Callable[[int], int] | None = None,
+        match: MatchHook | None = None,
     ) -> None:
         """
         @param descriptors: the budget to share (default: measured from this process).
         @param random_below: C{n -> [0, n)} for MaxStartups' random early drop (tests).
+        @param match: per-connection settings (sshd's Match blocks), e.g. a
+            L{twisted_rfwd.server.config_file.MatchRules}: see L{config_for}.
         """
         if not config.host_keys:
             raise ValueError("ServerConfig.host_keys is empty: a server needs a host key")
         self.reactor: IReactorTime = reactor
         self.config = config
+        self.match = match
         self.binder: PortBinder = (
             binder if binder is not None else SocketBinder(IReactorSocket(reactor))
         )
         checker = AuthorizedKeysChecker(AuthorizedKeysFiles(config.authorized_keys), reactor)
-        self.portal = Portal(ForwardingRealm(), [checker])
+        self.portal = Portal(ForwardingRealm(), [checker, PasswordChecker(reactor)])
         self.privateKeys = {key.sshType(): key for key in config.host_keys}
         self.publicKeys = {name: key.public() for name, key in self.privateKeys.items()}
         self.primes = None
@@ -226,8 +243,11 @@ class ForwardingServerFactory(SSHFactory):
         transport.startup = startup
         transport.descriptors = self.descriptors
         transport.supportedPublicKeys = [
-            name for name in transport.supportedPublicKeys if name in PUBLIC_KEY_ALGORITHMS
+            name
+            for name in transport.supportedPublicKeys
+            if name in PUBLIC_KEY_ALGORITHMS and name in self.config.host_key_algorithms
         ]
+        transport.pubkey_algorithms = list(self.config.pubkey_accepted_algorithms)
         transport.clock = self.reactor
         transport.login_grace_time = self.config.login_grace_time
         transport.rekey_bytes = self.config.rekey_bytes
@@ -263,6 +283,32 @@ class ForwardingServerFactory(SSHFactory):
 
         return idle.addBoth(disconnect)
 
+    def config_for(
+        self,
+        user: str,
+        address: str | None = None,
+        local_address: str | None = None,
+        local_port: int | None = None,
+    ) -> ServerConfig:
+        """
+        The settings for one connection of C{user} (sshd applies its Match blocks once the user
+        name arrives): C{config} with the C{match} hook's changes, if there is a hook.
+        C{address} is the client's IP address, C{local_address} and C{local_port} where it
+        connected to.
+        """
+        if self.match is None:
+            return self.config
+        return self.match(self.config, user, address, local_address, local_port)
+
+    def config_for_transport(self, transport: Any, user: str) -> ServerConfig:
+        """L{config_for} with the addresses of C{transport}'s socket (a L{ServerTransport})."""
+        socket = getattr(transport, "transport", None)
+        peer = socket.getPeer() if socket is not None else None
+        host = socket.getHost() if socket is not None else None
+        return self.config_for(
+            user, _ip(peer), _ip(host), getattr(host, "port", None) if _ip(host) else None
+        )
+
     def getService(self, transport: Any, service: bytes) -> Callable[[], SSHService] | None:
         if service == b"ssh-userauth":
             return lambda: ServerUserAuth(
@@ -273,9 +319,15 @@ class ForwardingServerFactory(SSHFactory):
         avatar = getattr(transport, "avatar", None)
         if service == b"ssh-connection" and isinstance(avatar, ForwardingAvatar):
             login = avatar.login
+            config = self.config_for_transport(transport, login.user)
+            if config is not self.config:
+                # RekeyLimit in a Match block: the byte limit at once, the time from the next
+                # key exchange on.
+                transport.rekey_bytes = config.rekey_bytes
+                transport.rekey_seconds = config.rekey_seconds
             return lambda: ForwardingServerConnection(
                 self.reactor,
-                self.config,
+                config,
                 login,
                 self.binder,
                 self.connections,

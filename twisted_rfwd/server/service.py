@@ -23,17 +23,22 @@ _log = Logger()
 
 
 class ServerService(Service):
-    """Listens with a L{ForwardingServerFactory}; C{on_error} hears if it cannot."""
+    """
+    Listens with a L{ForwardingServerFactory}; C{on_error} hears if it cannot, and
+    C{on_listening} (systemd's readiness, for one) once it does.
+    """
 
     def __init__(
         self,
         endpoint: IStreamServerEndpoint,
         factory: ForwardingServerFactory,
         on_error: Callable[[str], None],
+        on_listening: Callable[[IListeningPort], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.on_error = on_error
+        self.on_listening = on_listening
         self.port: IListeningPort | None = None
 
     def startService(self) -> None:
@@ -49,6 +54,8 @@ class ServerService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         _log.info("rfwd-server listening on {address}", address=describe_address(port.getHost()))
+        if self.on_listening is not None:
+            self.on_listening(port)
 
     def _failed(self, failure: Failure) -> None:
         self.on_error(f"cannot listen for SSH connections: {failure.getErrorMessage()}")

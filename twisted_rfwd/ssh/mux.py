@@ -5,7 +5,8 @@ of the peer's messages to them.
 Conch's own L{twisted.conch.ssh.connection.SSHConnection} grants window before data is consumed,
 confirms channel opens before the far side is connected, and crashes on unknown channel numbers;
 this service replaces it, on Conch's public L{SSHService} base.  Subclasses decide policy by
-overriding L{ChannelMux.global_request_received} and L{ChannelMux.channel_open_requested}.
+overriding L{ChannelMux.global_request_received}, L{ChannelMux.channel_open_requested} and
+L{ChannelMux.channel_request_received}.
 
 Its other roles live beside it: global requests in L{twisted_rfwd.ssh.global_requests},
 back-pressure from the SSH socket in L{twisted_rfwd.ssh.backpressure}, and what it needs of the
@@ -39,6 +40,7 @@ from twisted_rfwd.errors import (
 )
 from twisted_rfwd.protocol import wire
 from twisted_rfwd.protocol.addresses import describe_address
+from twisted_rfwd.protocol.session import pack_channel_request, pack_extended_data
 from twisted_rfwd.protocol.settings import DEFAULT_MAX_PACKET, DEFAULT_WINDOW
 from twisted_rfwd.protocol.window import ReceiveWindow
 from twisted_rfwd.ssh.backpressure import SenderBackPressure
@@ -150,6 +152,16 @@ class ChannelMux(GlobalRequests, SenderBackPressure, SSHService):
         """
         raise ChannelOpenFailed(wire.OPEN_UNKNOWN_CHANNEL_TYPE, "unknown channel type")
 
+    def channel_request_received(
+        self, channel: Channel, request_type: bytes, want_reply: bool, data: bytes
+    ) -> bool:
+        """
+        Decide a C{CHANNEL_REQUEST} on an open channel: C{True} accepts it (C{CHANNEL_SUCCESS}
+        if the peer wants a reply), C{False} refuses it.  What follows an accepted request is
+        best sent on a later turn, so that the reply goes first.  Refuses everything.
+        """
+        return False
+
     # -- outgoing -----------------------------------------------------------------------------
 
     def open_channel(self, channel_type: bytes, data: bytes) -> Channel:
@@ -180,6 +192,31 @@ class ChannelMux(GlobalRequests, SenderBackPressure, SSHService):
             self._open_channel(recipient, "CHANNEL_DATA").data_received(data)
         except RemoteProtocolError as e:
             self.protocol_error(str(e))
+
+    def send_channel_request(
+        self, recipient: int, name: bytes, want_reply: bool, data: bytes
+    ) -> None:
+        """A C{CHANNEL_REQUEST}, such as C{exit-status}; the caller checks our CLOSE is not sent."""
+        self.transport.sendPacket(
+            wire.MSG_CHANNEL_REQUEST, pack_channel_request(recipient, name, want_reply, data)
+        )
+
+    def send_extended_data(self, channel: Channel, data_type: int, data: bytes) -> bool:
+        """
+        C{data} as one C{CHANNEL_EXTENDED_DATA} (such as stderr), only if the peer's window and
+        maximum packet take all of it, which are charged: C{False} if it was not sent.
+        """
+        # The channel's own credit, shared with its CHANNEL_DATA (RFC 4254 section 5.2).
+        window = channel._send_window
+        size = len(data)
+        if channel.close_sent or size > window.max_packet or size > window.available:
+            return False
+        window.take(size, 1)
+        self.transport.sendPacket(
+            wire.MSG_CHANNEL_EXTENDED_DATA,
+            pack_extended_data(channel.remote_id, data_type, data),
+        )
+        return True
 
     def send_window_adjust(self, recipient: int, increment: int) -> None:
         self.transport.sendPacket(
@@ -431,5 +468,9 @@ class ChannelMux(GlobalRequests, SenderBackPressure, SSHService):
     def _on_channel_request(self, payload: bytes) -> None:
         request = wire.ChannelRequest.parse(payload)
         channel = self._open_channel(request.recipient_channel, "CHANNEL_REQUEST")
+        accepted = self.channel_request_received(
+            channel, request.name, request.want_reply, request.data
+        )
         if request.want_reply and not channel.close_sent:
-            self.transport.sendPacket(wire.MSG_CHANNEL_FAILURE, wire.pack_uint32(channel.remote_id))
+            answer = wire.MSG_CHANNEL_SUCCESS if accepted else wire.MSG_CHANNEL_FAILURE
+            self.transport.sendPacket(answer, wire.pack_uint32(channel.remote_id))

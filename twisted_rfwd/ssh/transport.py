@@ -155,6 +155,7 @@ class TransportMixin(ConchTransportAdapter):
         self._rekey_timer: IDelayedCall | None = None
         self._side = Side.CLIENT if self.isClient else Side.SERVER
         self._peer_kex = KexStage.IDLE
+        self._info_pending = False
         self._accepting = accepted_messages(self._side, Phase.FIRST_KEX, KexStage.IDLE, False)
         self._blocked_bytes = 0
         self._unimplemented_seen = 0
@@ -392,8 +393,16 @@ class TransportMixin(ConchTransportAdapter):
         if service is None:
             return Phase.NO_SERVICE
         if service.name == b"ssh-userauth":
-            return Phase.USERAUTH
+            return Phase.USERAUTH_INFO if self._info_pending else Phase.USERAUTH
         return Phase.CONNECTION
+
+    def await_info_response(self, pending: bool) -> None:
+        """
+        The userauth service sent a keyboard-interactive question (C{True}), or no longer waits
+        for its answer (C{False}): only in between may the peer send C{USERAUTH_INFO_RESPONSE}.
+        """
+        self._info_pending = pending
+        self._update_accepting()
 
     def _update_accepting(self) -> None:
         self._accepting = accepted_messages(
@@ -408,6 +417,7 @@ class TransportMixin(ConchTransportAdapter):
         # Which declared interfaces the new service provides, decided here once, not per packet.
         self._channel_data_sink = service if IChannelDataSink.providedBy(service) else None
         self._key_exchange_observer = service if IKeyExchangeObserver.providedBy(service) else None
+        self._info_pending = False
         super().setService(service)  # type: ignore[misc]
         self._update_accepting()
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from typing import Any
+import sys
+from dataclasses import fields, replace
+from typing import Any, TextIO
 
 from twisted.application.service import IService
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
 from twisted_rfwd.allocator import tune_allocator
-from twisted_rfwd.client.config import ClientConfig, HostKeyPolicy, SSHOptions
+from twisted_rfwd.client.config import ClientConfig
 from twisted_rfwd.client.identity import (
     EncryptedKey,
     Identity,
@@ -20,11 +22,12 @@ from twisted_rfwd.client.identity import (
     load_identity,
     load_public_identity,
 )
+from twisted_rfwd.client.known_hosts import known_hosts_paths
 from twisted_rfwd.client.service import TunnelService
+from twisted_rfwd.client.ssh_config import CommandLine, Settings, dump, resolve
 from twisted_rfwd.errors import ConfigError, KeyLoadError
-from twisted_rfwd.protocol.spec import parse_remote_forward
-from twisted_rfwd.protocol.units import parse_duration, parse_rekey_limit
-from twisted_rfwd.tap import parsing
+from twisted_rfwd.protocol.ssh_config import Local, Sources
+from twisted_rfwd.tap import parsing, sd_notify
 from twisted_rfwd.tap._exit import ExitStatus
 from twisted_rfwd.tap.logs import LoggedService, LogOptions
 
@@ -34,15 +37,22 @@ _log = Logger()
 
 
 class Options(LogOptions):
-    synopsis = "[options] -R [bind_address:]port:host:hostport [user@]host"
+    synopsis = "[options] [-F FILE] [-G] -R [bind_address:]port:host:hostport [user@]host"
     longdesc = (
         "Connects to an SSH server and asks it to listen for remote forwards, like "
         "ssh -N -R: every connection to the server's port is relayed to host:hostport "
-        "as seen from here."
+        "as seen from here.  Reads ~/.ssh/config and /etc/ssh/ssh_config as ssh does."
     )
 
     optParameters = [
         ["port", "p", None, "SSH port of the server [default: 22]."],
+        [
+            "config-file",
+            "F",
+            None,
+            "ssh_config file to read instead of ~/.ssh/config and /etc/ssh/ssh_config "
+            "('none': no file).",
+        ],
         ["login", "l", None, "User to log in as [default: the local user]."],
         ["passphrase-file", None, None, "Passphrase of encrypted keys: the first line of PATH."],
         ["passphrase-env", None, None, "Passphrase of encrypted keys: environment variable NAME."],
@@ -64,13 +74,31 @@ class Options(LogOptions):
     ]
     optFlags = [
         ["no-reconnect", None, "Exit (255) when the connection ends instead of reconnecting."],
+        ["print-config", "G", "Print the effective configuration, as ssh -G does, and exit."],
     ]
+
+    # Where -G prints, and where the configuration files are (tests replace these).
+    stdout: TextIO = sys.stdout
+    sources = Sources()
 
     def __init__(self) -> None:
         super().__init__()
         self["remote-forward"] = []
         self["identity"] = []
-        self.ssh_options = SSHOptions()
+        self["ssh-options"] = []
+        self.log_level_given = False
+
+    def opt_verbose(self) -> None:
+        """Log at debug level (the same as --log-level debug)."""
+        super().opt_verbose()
+        self.log_level_given = True
+
+    opt_v = opt_verbose
+
+    def opt_log_level(self, name: str) -> None:
+        """Log at this level and above: critical, error, warn, info or debug."""
+        super().opt_log_level(name)
+        self.log_level_given = True
 
     def opt_remote_forward(self, spec: str) -> None:
         """[bind_address:]port:host:hostport, as ssh -R; repeatable."""
@@ -85,14 +113,11 @@ class Options(LogOptions):
     opt_i = opt_identity
 
     def opt_option(self, option: str) -> None:
-        """ssh option as Name=Value: StrictHostKeyChecking, UserKnownHostsFile,
-        ExitOnForwardFailure, Port, User, IdentityFile, ConnectTimeout, RemoteForward,
-        Ciphers, MACs, KexAlgorithms, ServerAliveInterval, ServerAliveCountMax, RekeyLimit,
-        IdentityAgent, IdentitiesOnly."""
-        try:
-            self.ssh_options.add(option)
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+        """ssh_config option as Name=Value (before the files; the first value wins):
+        HostName, Port, User, IdentityFile, RemoteForward, StrictHostKeyChecking,
+        UserKnownHostsFile, ExitOnForwardFailure, ServerAliveInterval, ConnectTimeout...;
+        options ssh knows and rfwd-client does not use are accepted and ignored."""
+        self["ssh-options"].append(option)
 
     opt_o = opt_option
 
@@ -103,44 +128,61 @@ class Options(LogOptions):
 
     def postOptions(self) -> None:
         try:
+            if self["print-config"]:
+                lines = dump(settings(self), _defaults())
+                self.stdout.write("".join(line + "\n" for line in lines))
+                self.stdout.flush()
+                raise SystemExit(0)
             self["config"] = build_config(self)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
 
+def settings(options: Options) -> Settings:
+    """The command line and the ssh_config files, resolved for the destination."""
+    command = CommandLine(
+        destination=options["destination"],
+        options=list(options["ssh-options"]),
+        forwards=list(options["remote-forward"]),
+        identities=list(options["identity"]),
+        port=parsing.port(options["port"]) if options["port"] else None,
+        login=options["login"],
+        config_file=options["config-file"],
+    )
+    sources = options.sources
+    if command.config_file is not None:
+        sources = replace(sources, config_file=command.config_file)
+    return resolve(command, Local.current(getpass.getuser()), sources)
+
+
 def build_config(options: Options) -> ClientConfig:
-    """Turn the command line into a L{ClientConfig}, OpenSSH's precedence included."""
-    o = options.ssh_options
-    user_part, _, host = options["destination"].rpartition("@")
-    host = host.strip("[]")
-    if not host:
-        raise ConfigError(f"no host in destination '{options['destination']}'")
-    forwards = [parse_remote_forward(spec) for spec in options["remote-forward"]]
-    forwards += [parse_remote_forward(_config_forward(v)) for v in o.get_all("RemoteForward")]
-    if not forwards:
-        raise ConfigError("nothing to forward: give at least one -R")
-    port = parsing.port(options["port"]) if options["port"] else o.number("Port", 1, 65535) or 22
-    user = options["login"] or user_part or o.get("User") or getpass.getuser()
-    timeout = o.number("ConnectTimeout", 1, 86400)
-    known = o.get("UserKnownHostsFile")
-    agent_socket = _agent_socket(o.get("IdentityAgent"))
+    """Turn the command line and ssh_config into a L{ClientConfig}, OpenSSH's precedence."""
+    s = settings(options)
+    if not s.forwards:
+        raise ConfigError("nothing to forward: give at least one -R (or RemoteForward)")
+    if s.log_level is not None and not options.log_level_given:
+        options["log-level"] = _LOG_LEVELS[s.log_level]
+    agent_socket = _agent_socket(s.identity_agent)
     password = _password(options["password-file"])
     config = ClientConfig(
-        host=host,
-        user=user,
-        port=port,
-        forwards=forwards,
+        host=s.host,
+        user=s.user,
+        port=s.port,
+        forwards=s.forwards,
         identities=_identities(
-            options["identity"] + o.get_all("IdentityFile"),
+            [(i.path, i.required) for i in s.identity_files],
             _passphrase(options),
             agent=agent_socket is not None,
             password=password is not None,
         ),
         agent_socket=agent_socket,
-        identities_only=bool(o.flag("IdentitiesOnly")),
+        identities_only=s.identities_only,
         password=password,
-        strict_host_key_checking=HostKeyPolicy.parse(o.get("StrictHostKeyChecking") or "yes"),
-        exit_on_forward_failure=bool(o.flag("ExitOnForwardFailure")),
+        strict_host_key_checking=s.strict_host_key_checking,
+        exit_on_forward_failure=s.exit_on_forward_failure,
+        connection_attempts=s.connection_attempts,
+        address_family=s.address_family,
+        bind_address=s.bind_address,
         status_file=options["status-file"],
         reconnect=not options["no-reconnect"],
         reconnect_initial_delay=parsing.seconds(options["reconnect-delay"], "--reconnect-delay"),
@@ -148,38 +190,67 @@ def build_config(options: Options) -> ClientConfig:
             options["reconnect-max-delay"], "--reconnect-max-delay"
         ),
         drain_time=parsing.seconds(options["drain-time"], "--drain-time"),
-        **parsing.algorithms(lambda name, _: o.get(name)),
     )
-    if timeout:
-        config.connect_timeout = float(timeout)
-    interval = o.get("ServerAliveInterval")
-    if interval is not None:
-        config.server_alive_interval = parse_duration(interval, "ServerAliveInterval")
-    count = o.number("ServerAliveCountMax", 0, 1000)
-    if count is not None:
-        config.server_alive_count_max = count
-    rekey = o.get("RekeyLimit")
-    if rekey is not None:
-        config.rekey_bytes, config.rekey_seconds = parse_rekey_limit(rekey)
-    if known:
-        config.known_hosts = [os.path.expanduser(p) for p in known.split()]
+    for name, chosen in s.algorithms.items():
+        setattr(config, name, chosen)
+    if s.connect_timeout:
+        config.connect_timeout = s.connect_timeout
+    if s.server_alive_interval is not None:
+        config.server_alive_interval = s.server_alive_interval
+    if s.server_alive_count_max is not None:
+        config.server_alive_count_max = s.server_alive_count_max
+    if s.rekey is not None:
+        config.rekey_bytes, config.rekey_seconds = s.rekey
+    if s.user_known_hosts is not None:
+        config.known_hosts = s.user_known_hosts or [os.devnull]
+    config.known_hosts = known_hosts_paths(config.known_hosts) + [
+        os.path.expanduser(p) for p in s.global_known_hosts
+    ]
     return config
 
 
-def _config_forward(value: str) -> str:
-    """ssh_config's C{RemoteForward [bind:]port host:hostport} as a -R argument."""
-    return ":".join(value.split())
+# ssh's LogLevel names, for when neither -v nor --log-level is given.
+_LOG_LEVELS = {
+    "QUIET": LogLevel.critical,
+    "FATAL": LogLevel.critical,
+    "ERROR": LogLevel.error,
+    "INFO": LogLevel.info,
+    "VERBOSE": LogLevel.info,
+    "DEBUG": LogLevel.debug,
+    "DEBUG1": LogLevel.debug,
+    "DEBUG2": LogLevel.debug,
+    "DEBUG3": LogLevel.debug,
+}
+
+
+def _defaults() -> dict[str, object]:
+    """L{ClientConfig}'s defaults, for C{-G} to print what was not said."""
+    example = ClientConfig(host="", user="")
+    return {f.name: getattr(example, f.name) for f in fields(example)}
 
 
 def _identities(
-    paths: list[str], passphrase: bytes | None, agent: bool, password: bool
+    paths: list[tuple[str, bool]], passphrase: bytes | None, agent: bool, password: bool
 ) -> list[Identity]:
     """
     The key files, loaded (with the passphrase if encrypted).  With an agent, a file that is
-    encrypted and has no passphrase keeps its public key, in case the agent holds it.
+    encrypted and has no passphrase keeps its public key, in case the agent holds it.  Key
+    files named in ssh_config files may be missing (ssh skips them); the command line's may not.
     """
     if paths:
-        return [_load(path, passphrase, agent) for path in paths]
+        loaded = []
+        for path, required in paths:
+            if not required and not os.path.exists(path):
+                _log.debug("Skipping identity {path}: no such file", path=path)
+                continue
+            loaded.append(_load(path, passphrase, agent))
+        if not loaded and not agent and not password:
+            raise ConfigError(
+                "no identity: none of the IdentityFile keys exists ("
+                + ", ".join(path for path, _ in paths)
+                + "); give -i KEYFILE, run ssh-agent or give --password-file"
+            )
+        return loaded
     found = []
     for path in default_identity_paths():
         try:
@@ -268,5 +339,13 @@ def makeService(options: Options) -> IService:
 
     r: Any = reactor
     status = ExitStatus(r)
-    tunnel = TunnelService(r, options["config"], lambda error: status.fail(str(error)))
-    return LoggedService(tunnel, options)
+    notifier = sd_notify.Notifier.from_environment(r)
+    tunnel = TunnelService(
+        r,
+        options["config"],
+        lambda error: status.fail(str(error)),
+        on_status=sd_notify.TunnelNotifier(notifier) if notifier.enabled else None,
+    )
+    service = LoggedService(tunnel, options)
+    sd_notify.StoppingNotice(notifier).setServiceParent(service)
+    return service

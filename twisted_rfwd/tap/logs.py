@@ -15,7 +15,7 @@ import ast
 import functools
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,7 +32,16 @@ from twisted.python import usage
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-__all__ = ["LEVELS", "LogOptions", "LoggedService", "SafeObserver", "conch_formats"]
+__all__ = [
+    "LEVELS",
+    "USAGE_ERROR_STATUS",
+    "LogOptions",
+    "LoggedService",
+    "SafeObserver",
+    "conch_formats",
+    "usage_error_line",
+    "version_line",
+]
 
 LEVELS = {
     "critical": LogLevel.critical,
@@ -52,12 +61,39 @@ MAX_FIELD = 1024
 
 
 class LogOptions(usage.Options):
-    """The log options both plugins share: a base class of their L{usage.Options}."""
+    """
+    The options both plugins share (logging, C{--version}) and their way of failing: a base
+    class of their L{usage.Options}.
+
+    Under twistd, a usage error is one line naming the problem and exit status 255, as ssh
+    does (twistd itself would print the whole usage, then the message, and exit 1); C{--help}
+    still prints the whole usage.  Parsed outside twistd (an embedding program, a test), it is
+    a L{usage.UsageError} as usual.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self["log-level"] = LogLevel.info
         self["log-format"] = "text"
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            sys.stderr.write(usage_error_line(self.command_name(), str(e)) + "\n")
+            sys.stderr.flush()
+            raise SystemExit(USAGE_ERROR_STATUS) from None
+
+    def command_name(self) -> str:
+        """The plugin's name as twistd was given it (C{rfwd-client}), for messages."""
+        return (self.parent.subCommand if self.parent is not None else None) or "twistd"
+
+    def opt_version(self) -> None:
+        """Print the versions of twisted-rfwd, Twisted and cryptography, and exit."""
+        print(version_line(self.command_name()))
+        raise SystemExit(0)
 
     def opt_verbose(self) -> None:
         """Log at debug level (the same as --log-level debug)."""
@@ -81,6 +117,29 @@ class LogOptions(usage.Options):
         self["log-format"] = name.lower()
 
 
+# ssh's exit status for every failure, usage errors included.
+USAGE_ERROR_STATUS = 255
+
+
+def usage_error_line(command: str, message: str) -> str:
+    """ssh's form: the command, the problem, on one line (C{rfwd-client: bad port '0' ...})."""
+    first = " ".join(message.split())
+    return f"{command}: {first} (see --help)"
+
+
+def version_line(command: str) -> str:
+    """C{rfwd-client (twisted-rfwd 0.1.0), Twisted 26.10.0, cryptography 44.0.0}."""
+    import cryptography
+
+    import twisted
+    from twisted_rfwd import __version__
+
+    return (
+        f"{command} (twisted-rfwd {__version__}), Twisted {twisted.__version__}, "
+        f"cryptography {cryptography.__version__}"
+    )
+
+
 @implementer(ILogObserver)
 class SafeObserver:
     """
@@ -95,6 +154,9 @@ class SafeObserver:
     their lines carry the namespace of our subclasses.  Every event, ours included, then has
     its C{bytes} fields replaced by their length and its strings cut at L{MAX_FIELD}
     characters: no level ever writes payload bytes, and no line grows with what a peer sent.
+
+    ClientService's own "Scheduling retry N to connect ..." is dropped too: the client says
+    why the attempt failed and when the next one is, in its own lines.
     """
 
     def __init__(self, observer: ILogObserver, level: LogLevel = LogLevel.info) -> None:
@@ -107,13 +169,23 @@ class SafeObserver:
         level = event.get("log_level", LogLevel.info)
         if level in _ORDER and _ORDER.index(level) < self._least:
             return
-        if "log_failure" not in event and self._from_conch(event):
+        if "log_failure" not in event and (self._from_conch(event) or _retry_notice(event)):
             return
         self.observer(_bounded(event))
 
     def _from_conch(self, event: LogEvent) -> bool:
         namespace = event.get("log_namespace") or ""
         return namespace.startswith("twisted.conch") or event.get("log_format") in self._conch
+
+
+def _retry_notice(event: LogEvent) -> bool:
+    """ClientService's line about its next attempt (info; its warnings are kept)."""
+    namespace = event.get("log_namespace") or ""
+    return namespace.startswith(_CLIENT_SERVICE) and event.get("log_level") is LogLevel.info
+
+
+# Where ClientService logs from (twisted.application.internet re-exports it).
+_CLIENT_SERVICE = "twisted.application._client_service"
 
 
 def _bounded(event: LogEvent) -> LogEvent:

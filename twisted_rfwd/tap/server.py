@@ -2,34 +2,106 @@
 
 from __future__ import annotations
 
-from dataclasses import astuple
+import sys
+from dataclasses import astuple, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import IService
 from twisted.conch.ssh.keys import Key
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
 from twisted_rfwd.allocator import tune_allocator
 from twisted_rfwd.errors import ConfigError
 from twisted_rfwd.protocol.policy import GatewayPorts, ListenPolicy
+from twisted_rfwd.protocol.sshd_config import (
+    ConfigFileError,
+    Connection,
+    SshdConfig,
+    parse_test_spec,
+)
 from twisted_rfwd.protocol.units import parse_rekey_limit
 from twisted_rfwd.server.admission import MaxStartups, parse_per_source_max_startups
 from twisted_rfwd.server.config import ServerConfig
+from twisted_rfwd.server.config_file import (
+    DEFAULT_PORT,
+    MatchRules,
+    SeveralEndpoints,
+    listen_endpoints,
+    load_config_file,
+    server_fields,
+    sshd_level_name,
+    sshd_test_lines,
+    system_groups,
+)
 from twisted_rfwd.server.descriptors import raise_nofile_limit
 from twisted_rfwd.server.factory import ForwardingServerFactory
-from twisted_rfwd.server.host_keys import default_state_directory, ensure_host_key, load_host_key
+from twisted_rfwd.server.host_keys import (
+    DEFAULT_KEY_NAME,
+    default_state_directory,
+    ensure_host_key,
+    load_host_key,
+)
 from twisted_rfwd.server.service import ServerService
-from twisted_rfwd.tap import parsing
+from twisted_rfwd.tap import parsing, sd_notify
 from twisted_rfwd.tap._exit import ExitStatus
-from twisted_rfwd.tap.logs import LoggedService, LogOptions
+from twisted_rfwd.tap.logs import LEVELS, LoggedService, LogOptions
 
 __all__ = ["Options", "makeService"]
 
 
-class Options(LogOptions):
+class ConfigFileOptions(usage.Options):
+    """
+    C{--config FILE}, C{-T} and C{-C}; and which options were given on the command line,
+    since those override the file (L{usage.Options} keeps only the values, defaults included).
+    """
+
+    optFlags = [
+        [
+            "print-config",
+            "T",
+            "Print the effective configuration as sshd -T does (keyword, value), and exit.",
+        ]
+    ]
+    optParameters = [
+        [
+            "config",
+            None,
+            None,
+            "An sshd_config-style file (see examples/rfwd-server.conf); options given on the "
+            "command line override it.  No file is read unless named.",
+        ],
+        [
+            "connection",
+            "C",
+            None,
+            "With -T: evaluate the Match blocks for this connection, as sshd -C: "
+            "user=U,addr=A,host=H,laddr=L,lport=P.",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: set[str] = set()
+        for name, handler in list(self._dispatch.items()):
+            self._dispatch[name] = _Recorded(name, handler, self.given)
+
+    def read_config_file(self) -> None:
+        """
+        Read C{--config} (and check C{-T}/C{-C}).  A bad line ends the process at once, as
+        sshd does: one line C{FILE line N: reason} on stderr and exit status 255 (twistd would
+        print its whole usage text and exit 1).
+        """
+        try:
+            _read_config_file(self)
+        except ConfigError as e:
+            _exit_at_start(str(e))
+
+
+class Options(ConfigFileOptions, LogOptions):
     synopsis = "[options]"
     longdesc = (
         "An SSH server that does remote port forwarding (ssh -R) and nothing else. "
@@ -37,7 +109,12 @@ class Options(LogOptions):
     )
 
     optParameters = [
-        ["listen", None, "tcp:2222", "Where to serve SSH (a Twisted server endpoint string)."],
+        [
+            "listen",
+            None,
+            "tcp:2222",
+            "Where to serve SSH: a Twisted server endpoint string, or a port number (tcp:PORT).",
+        ],
         [
             "authorized-keys",
             None,
@@ -102,6 +179,33 @@ class Options(LogOptions):
             "16384",
             "Open channels (forwarded connections) per SSH connection (OpenSSH's own ceiling).",
         ],
+        [
+            "sessions",
+            None,
+            "yes",
+            "yes: ssh without -N gets a session that runs nothing and holds the forwards open "
+            "until the user leaves; no: session channels are refused (ssh -N only).",
+        ],
+        ["max-sessions", None, "10", "sshd's MaxSessions: open sessions per SSH connection."],
+        [
+            "password-hashes",
+            None,
+            None,
+            "File of bcrypt password hashes, one user:$2b$... a line; add a user with "
+            "python -m twisted_rfwd.server.passwd FILE USER.",
+        ],
+        [
+            "password-authentication",
+            None,
+            "no",
+            "sshd's PasswordAuthentication: yes checks passwords against --password-hashes.",
+        ],
+        [
+            "kbd-interactive-authentication",
+            None,
+            "no",
+            "sshd's KbdInteractiveAuthentication: yes asks for that password with one prompt.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -114,7 +218,9 @@ class Options(LogOptions):
         self["host-key"].append(path)
 
     def postOptions(self) -> None:
+        self.read_config_file()
         try:
+            self["listen"] = listen_endpoint(self["listen"])
             self["host-keys"] = [load_host_key(path) for path in self["host-key"]]
             self["gateway-ports-policy"] = GatewayPorts.parse(self["gateway-ports"])
             self["permit-listen-policy"] = ListenPolicy.parse([self["permit-listen"]])
@@ -133,11 +239,38 @@ class Options(LogOptions):
             self["timing"]["rekey_seconds"] = rekey_seconds
             self["algorithms"] = parsing.algorithms(lambda _, field: self[field.replace("_", "-")])
             self["limits"] = _limits(self)
+            self["logins"] = _logins(self)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
 
 _log = Logger()
+
+
+def listen_endpoint(text: str) -> str:
+    """
+    C{--listen}: a server endpoint string, checked here so that a mistake is one line, not a
+    traceback when the service starts; a bare port number means C{tcp:PORT}.
+    """
+    description = text.strip()
+    if description.isascii() and description.isdigit():
+        description = f"tcp:{description}"
+    kind, _, rest = description.partition(":")
+    port = rest.split(":", 1)[0]
+    numeric = port.isascii() and port.isdigit() and int(port) <= 65535
+    if kind.lower() in ("tcp", "tcp6") and "=" not in port and not numeric:
+        raise ConfigError(f"--listen '{text}': bad port '{port}'")
+    try:
+        # Parsed only: the endpoint is made again, with the reactor, by makeService.
+        serverFromString(_PARSE_ONLY, description)
+    except (ValueError, TypeError, KeyError, IndexError, ImportError, OSError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ConfigError(f"--listen '{text}' is not a server endpoint string: {reason}") from None
+    return description
+
+
+# Stands in for the reactor while an endpoint string is only parsed (nothing is listening).
+_PARSE_ONLY: Any = object()
 
 
 def _positive(options: usage.Options, name: str) -> int:
@@ -155,7 +288,29 @@ def _limits(options: usage.Options) -> dict[str, Any]:
         "max_forwards_per_connection": _positive(options, "max-forwards-per-connection"),
         "max_forwards_per_user": _positive(options, "max-forwards-per-user"),
         "max_channels_per_connection": _positive(options, "max-channels-per-connection"),
+        "sessions": _yes_no(options["sessions"], "--sessions"),
+        "max_sessions": parsing.count(options["max-sessions"], "--max-sessions"),
     }
+
+
+def _logins(options: usage.Options) -> dict[str, Any]:
+    """The password settings, as ServerConfig fields."""
+    return {
+        "password_hashes": options["password-hashes"],
+        "password_authentication": _yes_no(
+            options["password-authentication"], "--password-authentication"
+        ),
+        "kbd_interactive_authentication": _yes_no(
+            options["kbd-interactive-authentication"], "--kbd-interactive-authentication"
+        ),
+    }
+
+
+def _yes_no(text: str, what: str) -> bool:
+    """C{yes} or C{no}, in any case, as sshd_config reads them."""
+    if text.lower() not in ("yes", "no"):
+        raise ConfigError(f"{what} must be yes or no, not '{text}'")
+    return text.lower() == "yes"
 
 
 def makeService(options: Options) -> IService:
@@ -164,7 +319,7 @@ def makeService(options: Options) -> IService:
     tune_allocator()
 
     host_keys: list[Key] = options["host-keys"]
-    if not host_keys:
+    if not host_keys and not options["print-config"]:
         state = Path(options["state-dir"]) if options["state-dir"] else default_state_directory()
         key, path, generated = ensure_host_key(state)
         host_keys = [key]
@@ -180,11 +335,165 @@ def makeService(options: Options) -> IService:
         **options["algorithms"],
         **options["timing"],
         **options["limits"],
+        **options["logins"],
     )
+    config = _with_config_file(config, options)
     soft, hard = raise_nofile_limit()
     _log.info("File descriptor limit (RLIMIT_NOFILE): {soft} (hard {hard})", soft=soft, hard=hard)
     r: Any = reactor
     status = ExitStatus(r)
-    factory = ForwardingServerFactory(r, config)
-    endpoint = serverFromString(r, options["listen"])
-    return LoggedService(ServerService(endpoint, factory, status.fail), options)
+    factory = ForwardingServerFactory(r, config, match=options["match-rules"])
+    endpoint = _listen_endpoint(r, options["listen-endpoints"] or [options["listen"]])
+    notifier = sd_notify.Notifier.from_environment(r)
+    service = LoggedService(
+        ServerService(
+            endpoint,
+            factory,
+            status.fail,
+            on_listening=lambda port: sd_notify.server_listening(notifier, port),
+        ),
+        options,
+    )
+    sd_notify.StoppingNotice(notifier).setServiceParent(service)
+    return service
+
+
+# --- the configuration file, -T and -C ---------------------------------------------------------
+
+# Options that set other ServerConfig fields (or file settings) than their own name says.
+_OPTION_FIELDS: dict[str, tuple[str, ...]] = {
+    "host-key": ("host_keys", "host_key_files"),
+    "rekey-limit": ("rekey_bytes", "rekey_seconds"),
+    "listen": ("ports", "listen_addresses"),
+    "log-level": ("log_level",),
+    "verbose": ("log_level",),
+}
+# File settings ServerConfig has no field for yet (they apply once it has).
+NOT_YET_FIELDS: dict[str, str] = {}
+# sshd's LogLevel names to rfwd's levels (VERBOSE adds key fingerprints, which info has).
+_SSHD_LEVELS = {
+    "QUIET": "critical",
+    "FATAL": "critical",
+    "ERROR": "error",
+    "INFO": "info",
+    "VERBOSE": "info",
+}
+
+
+class _Recorded:
+    """An option handler that notes its option was given before it runs."""
+
+    def __init__(self, name: str, handler: Any, given: set[str]) -> None:
+        self.name = name
+        self.handler = handler
+        self.given = given
+
+    def __call__(self, name: str, value: Any) -> None:
+        self.given.add(self.name)
+        if isinstance(self.handler, usage.CoerceParameter):
+            self.handler.dispatch(name, value)
+        else:
+            self.handler(name, value)
+
+
+def _exit_at_start(message: str) -> NoReturn:
+    """sshd's way with a configuration it cannot use: one line, exit status 255."""
+    print(message, file=sys.stderr)
+    raise SystemExit(255)
+
+
+def _read_config_file(options: ConfigFileOptions) -> None:
+    """Fill in the options the rest of the plugin reads from C{--config}, C{-T} and C{-C}."""
+    if options["connection"] is not None and not options["print-config"]:
+        raise ConfigError("-C needs -T: it names the connection -T evaluates Match blocks for")
+    options["test-connection"] = (
+        parse_test_spec(options["connection"]) if options["connection"] is not None else None
+    )
+    pinned: set[str] = set()
+    for name in options.given:
+        pinned.update(_OPTION_FIELDS.get(name, (name.replace("-", "_"),)))
+    options["pinned"] = frozenset(pinned)
+    options["config-model"] = None
+    options["config-fields"] = {}
+    options["match-rules"] = None
+    options["listen-endpoints"] = None
+    options["listen-ports"] = []
+    if options["config"] is None:
+        return
+    model = load_config_file(options["config"])
+    options["config-model"] = model
+    for warning in model.warnings:
+        if options["print-config"]:
+            print(warning, file=sys.stderr)
+        else:
+            _log.warn("{warning}", warning=warning)
+    values = model.global_values()
+    options["config-fields"] = server_fields(values, pinned)
+    for key, name in NOT_YET_FIELDS.items():
+        if key in values and key not in options["config-fields"] and not options["print-config"]:
+            _log.warn("{name} is checked and shown by -T, but not enforced yet", name=name)
+    if any(setting.match is not None for setting in model.settings):
+        options["match-rules"] = MatchRules(model, pinned)
+    ports, addresses = values.get("ports", []), values.get("listen_addresses", [])
+    if "listen" not in options.given and (ports or addresses):
+        assert isinstance(ports, list) and isinstance(addresses, list)
+        options["listen-endpoints"] = listen_endpoints(ports, addresses)
+        options["listen-ports"] = ports or [DEFAULT_PORT]
+    if "host-key" not in options.given:
+        for setting in model.settings:
+            if setting.keyword.name == "HostKey":
+                assert isinstance(setting.value, list)
+                try:
+                    load_host_key(setting.value[0])
+                except ConfigError as e:
+                    raise ConfigFileError(setting.where, str(e)) from None
+                options["host-key"].extend(setting.value)
+    level = values.get("log_level")
+    if isinstance(level, str) and "log_level" not in pinned:
+        options["log-level"] = LEVELS[_SSHD_LEVELS.get(level, "debug")]
+
+
+def _with_config_file(config: ServerConfig, options: usage.Options) -> ServerConfig:
+    """C{config} (the command line's) with the file's settings under it; C{-T} prints it."""
+    config = replace(config, **options["config-fields"])
+    if options["print-config"]:
+        try:
+            lines = _test_lines(config, options)
+        except ConfigError as e:
+            _exit_at_start(str(e))
+        print("\n".join(lines))
+        raise SystemExit(0)
+    return config
+
+
+def _test_lines(config: ServerConfig, options: usage.Options) -> list[str]:
+    """C{-T}'s lines: the Match blocks evaluated for C{-C}'s connection, or for none."""
+    model: SshdConfig | None = options["config-model"]
+    spec: Connection = options["test-connection"] or Connection()
+    values: dict[str, object] = {}
+    if model is not None:
+        groups = system_groups(spec.user) if spec.user and model.needs_groups else ()
+        connection = replace(spec, groups=groups)
+        config = MatchRules(model, options["pinned"]).apply(config, connection)
+        values = model.values(connection)
+    level = values.get("log_level")
+    if not isinstance(level, str) or "log_level" in options["pinned"]:
+        level = sshd_level_name(options["log-level"].name)
+    paths = list(options["host-key"])
+    if not paths:
+        state = Path(options["state-dir"]) if options["state-dir"] else default_state_directory()
+        paths = [str(state / DEFAULT_KEY_NAME)]
+    return sshd_test_lines(
+        config,
+        endpoints=options["listen-endpoints"] or [options["listen"]],
+        ports=options["listen-ports"],
+        host_key_paths=paths,
+        log_level=level,
+        values=values,
+    )
+
+
+def _listen_endpoint(reactor: Any, descriptions: list[str]) -> IStreamServerEndpoint:
+    """One endpoint, or one that listens on each of several (several ListenAddress or Port)."""
+    endpoints = [serverFromString(reactor, description) for description in descriptions]
+    return endpoints[0] if len(endpoints) == 1 else SeveralEndpoints(endpoints)
