@@ -35,6 +35,7 @@ OPEN_UNKNOWN_CHANNEL_TYPE = 3
 OPEN_RESOURCE_SHORTAGE = 4
 
 _UINT32 = struct.Struct(">L")
+_UINT64 = struct.Struct(">Q")
 _UINT32x2 = struct.Struct(">LL")
 _UINT32x3 = struct.Struct(">LLL")
 _UINT32x4 = struct.Struct(">LLLL")
@@ -92,6 +93,20 @@ class Reader:
         chunk = self._data[self._offset :]
         self._offset = len(self._data)
         return chunk
+
+    def uint64(self) -> int:
+        value: int = _UINT64.unpack(self._take(8))[0]
+        return value
+
+    @property
+    def offset(self) -> int:
+        """How many bytes have been read."""
+        return self._offset
+
+    @property
+    def remaining(self) -> int:
+        """How many bytes are left."""
+        return len(self._data) - self._offset
 
 
 @dataclass(frozen=True)
