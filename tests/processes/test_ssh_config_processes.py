@@ -51,7 +51,7 @@ Host *
   GlobalKnownHostsFile /etc/ssh/ssh_known_hosts
   Ciphers {_names(CIPHERS)}
   MACs {_names(MACS)}
-  KexAlgorithms {_names(KEY_EXCHANGES)}
+  KexAlgorithms {_names([k for k in KEY_EXCHANGES if k != b"mlkem768x25519-sha256"])}
   HostKeyAlgorithms {_names(PUBLIC_KEY_ALGORITHMS)}
   PubkeyAcceptedAlgorithms {_names(PUBLIC_KEY_ALGORITHMS)}
 """

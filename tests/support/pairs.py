@@ -8,6 +8,7 @@ sshd_config (and C{ssh -F} file); every process is stopped by the test that star
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ from twisted.trial.unittest import TestCase
 from harness.keys import Keys, make_keys
 from harness.openssh import (
     SSHD_LISTENING,
+    SYSTEM_OPENSSH,
     prepare_sshd,
     ssh_argv,
     sshd_argv,
     sshd_config_template,
+    sshd_version_settings,
 )
 from harness.openssh import ssh_config as ssh_config_text
 from harness.plugins import SERVER_LISTENING, rfwd_client_argv, rfwd_server_argv
@@ -61,17 +64,29 @@ SSH_HOST = "rfwd-test"
 
 
 async def start_sshd(
-    test: TestCase, reactor: Any, keys: Keys, extra: str = "", port: int = 0
+    test: TestCase,
+    reactor: Any,
+    keys: Keys,
+    extra: str = "",
+    port: int = 0,
+    *,
+    version: str = SYSTEM_OPENSSH,
+    options: Sequence[str] = (),
 ) -> tuple[ChildProcess, int]:
-    """OpenSSH's sshd with its own config (plus C{extra} lines) on a free loopback port."""
-    sshd = openssh_binary("sshd")
+    """
+    OpenSSH's sshd (the system's, or C{version}) with its own config (plus C{extra} lines) on a
+    free loopback port; C{options} (C{-o Keyword=value}) win over the config file.
+    """
+    sshd = openssh_binary("sshd", version)
     prepare_sshd()
     config = keys.workdir / "sshd_config"
     config.write_text(
-        SSHD_CONFIG.format(host_key=keys.host_key, authorized_keys=keys.authorized_keys) + extra
+        SSHD_CONFIG.format(host_key=keys.host_key, authorized_keys=keys.authorized_keys)
+        + sshd_version_settings(version)
+        + extra
     )
     port = port or free_port()
-    server = spawn(test, reactor, "sshd", sshd_argv(sshd, config, port))
+    server = spawn(test, reactor, "sshd", [*sshd_argv(sshd, config, port), *options])
     await server.wait_for(SSHD_LISTENING)
     return server, port
 
@@ -121,9 +136,13 @@ def start_ssh(
     *options: str,
     config_extra: str = "",
     session: bool = False,
+    version: str = SYSTEM_OPENSSH,
 ) -> ChildProcess:
-    """OpenSSH's C{ssh -N -F file [options] -R ...}; without C{-N} if C{session}."""
-    ssh = openssh_binary("ssh")
+    """
+    OpenSSH's C{ssh -N -F file [options] -R ...} (the system's, or C{version}); without C{-N}
+    if C{session}.
+    """
+    ssh = openssh_binary("ssh", version)
     config = ssh_config(keys, ssh_port, config_extra)
     argv = ssh_argv(ssh, config, SSH_HOST, forwards, *options, session=session)
     return spawn(test, reactor, "ssh", argv)

@@ -19,7 +19,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
-from harness.openssh import find_program
+from harness.openssh import OPENSSH_10_FETCH, SYSTEM_OPENSSH, find_program
 from harness.plugins import CHECKOUT, plugin_env, twistd_argv
 from harness.ports import free_port
 from harness.proc import descendants, rss_kib
@@ -205,12 +205,17 @@ def spawn(
     return child
 
 
-def openssh_binary(name: str) -> str:
-    """Path of an OpenSSH program; skip the test if missing, unless CI requires OpenSSH."""
-    found = find_program(name)
+def openssh_binary(name: str, version: str = SYSTEM_OPENSSH) -> str:
+    """
+    Path of an OpenSSH program of C{version} (the system's, or 10.0 unpacked by
+    C{.ci/openssh10.sh}); skip the test if missing, unless CI requires OpenSSH.
+    """
+    found = find_program(name, version)
     if found:
         return found
     message = f"OpenSSH's {name} is not installed"
+    if version != SYSTEM_OPENSSH:
+        message = f"OpenSSH {version}'s {name} is not unpacked (run {OPENSSH_10_FETCH})"
     if os.environ.get("RFWD_REQUIRE_OPENSSH"):
         raise ProcessFailed(message + " (RFWD_REQUIRE_OPENSSH is set)")
     raise SkipTest(message)

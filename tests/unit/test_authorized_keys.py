@@ -230,12 +230,15 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(options.from_patterns, ("10.0.0.1", '"x y"'))
 
     def test_irrelevant_options(self) -> None:
-        """Options for features this server lacks are accepted and change nothing."""
+        """
+        Options for features this server lacks are accepted and change nothing; principals=
+        is kept (it matters on a cert-authority line).
+        """
         options = self.parse_one(
             f'no-pty,command="x y",no-agent-forwarding,no-X11-forwarding,no-user-rc,'
             f'permitopen="h:1",principals="a,b",tunnel="0",pty {RSA}'
         )
-        self.assertEqual(options, KeyOptions())
+        self.assertEqual(options, KeyOptions(principals=("a", "b")))
 
     def test_unknown_option(self) -> None:
         """An unknown option skips its line with a warning; other lines still load."""
@@ -411,38 +414,36 @@ class MappedAddressTests(SynchronousTestCase):
 
 
 class CertAuthorityTests(SynchronousTestCase):
-    """C{cert-authority} lines: the CA key never logs in as a plain key, as in sshd."""
-
-    WARNING = (
-        f"{PATH} line 2: cert-authority: the key only vouches for certificates, "
-        "which this server does not accept"
-    )
+    """
+    C{cert-authority} lines: kept (they vouch for certificates), and the CA key never logs in
+    as a plain key, as in sshd.
+    """
 
     def test_line_authorizes_no_plain_key(self) -> None:
-        """A cert-authority line yields no key; the lines around it still load."""
-        keys, _ = parse(ECDSA, f"cert-authority {ED25519}", RSA)
-        self.assertEqual([k.key for k in keys], [_ECDSA, _RSA])
+        """A cert-authority line is kept as a CA entry that matches no plain key."""
+        keys, warnings = parse(ECDSA, f"cert-authority {ED25519}", RSA)
+        self.assertEqual(warnings, [])
+        self.assertEqual([k.key for k in keys], [_ECDSA, _ED25519, _RSA])
+        self.assertEqual([k.options.cert_authority for k in keys], [False, True, False])
         self.assertFalse(any(k.matches(_ED25519.blob()) for k in keys))
-
-    def test_one_warning_per_line_per_reading(self) -> None:
-        """Each reading of the file warns once for the line, in the module's warning form."""
-        for _ in range(2):
-            _, warnings = parse(RSA, f"cert-authority {ED25519}")
-            self.assertEqual(warnings, [self.WARNING])
+        self.assertTrue(keys[1].signs(_ED25519.blob()))
 
     def test_with_other_options_and_any_case(self) -> None:
-        """The flag counts wherever it stands among options and however it is capitalised."""
+        """The flag counts wherever it stands among options; principals= is kept with it."""
         for options in ('restrict,Cert-Authority,principals="alice"', "no-pty,CERT-AUTHORITY"):
             keys, warnings = parse(RSA, f"{options} {ED25519}")
-            self.assertEqual([k.key for k in keys], [_RSA])
-            self.assertEqual(warnings, [self.WARNING])
+            self.assertEqual(warnings, [])
+            self.assertTrue(keys[1].options.cert_authority)
+            self.assertFalse(keys[1].matches(_ED25519.blob()))
+        keys, _ = parse(f'cert-authority,principals="alice,ops" {ED25519}')
+        self.assertEqual(keys[0].options.principals, ("alice", "ops"))
 
     def test_same_key_on_a_plain_line_still_logs_in(self) -> None:
         """The key listed again without cert-authority authorizes as that plain line says."""
         keys, warnings = parse(f"restrict {ED25519}", f"cert-authority {ED25519}")
-        self.assertEqual(len(warnings), 1)
-        (entry,) = keys
-        self.assertTrue(entry.matches(_ED25519.blob()))
+        self.assertEqual(warnings, [])
+        matching = [k for k in keys if k.matches(_ED25519.blob())]
+        (entry,) = matching
         self.assertEqual(entry.source, f"{PATH} line 1")
         self.assertFalse(entry.options.port_forwarding)
 

@@ -25,8 +25,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_rfwd.client.connect_errors import connect_error_text
-from twisted_rfwd.client.identity import Identity, PublicOnlyIdentity
+from twisted_rfwd.client.identity import CertifiedIdentity, Identity, PublicOnlyIdentity
 from twisted_rfwd.errors import AgentError, MalformedPacket
+from twisted_rfwd.protocol.certificates import USER_CERT, is_certificate, parse_certificate
 from twisted_rfwd.protocol.wire import Reader, pack_string
 
 __all__ = [
@@ -152,6 +153,8 @@ class AgentIdentity(Identity):
     agent: AgentClient = field(compare=False, repr=False)
     # A key file this agent key matched (then C{source} is that file), as ssh reports it.
     from_file: bool = False
+    # The blob the agent knows the key by, when not the key's own (a certificate it holds).
+    agent_blob: bytes = field(default=b"", compare=False, repr=False)
 
     def sign(self, data: bytes, algorithm: bytes) -> Deferred[bytes]:
         def check(signature: bytes) -> bytes:
@@ -167,7 +170,8 @@ class AgentIdentity(Identity):
             return signature
 
         flags = signature_flags(algorithm)
-        return self.agent.sign(self.key.blob(), data, flags).addCallback(check)
+        blob = self.agent_blob or self.key.blob()
+        return self.agent.sign(blob, data, flags).addCallback(check)
 
     def __str__(self) -> str:
         if self.from_file:
@@ -189,28 +193,33 @@ class AgentKeys:
         self._client: AgentClient | None = None
         self._closed = False
 
-    def identities(self) -> Deferred[list[AgentIdentity]]:
+    def identities(self) -> Deferred[list[Identity]]:
         """The agent's keys we can offer; none, with a warning, if the agent is unusable."""
         if len(os.fsencode(self.path)) >= _SUN_PATH_MAX:
             # Twisted fails to report this one (the connect never ends): say it here.
             return succeed(self._unusable(Failure(AgentError("the socket path is too long"))))
         endpoint = UNIXClientEndpoint(self.reactor, self.path, timeout=int(self.timeout))
 
-        def connected(client: AgentClient) -> Deferred[list[AgentIdentity]]:
+        def connected(client: AgentClient) -> Deferred[list[Identity]]:
             self._client = client
             if self._closed:
                 client.close()
                 return succeed([])
             return client.request_identities().addCallback(self._usable, client)
 
-        d: Deferred[list[AgentIdentity]] = connectProtocol(endpoint, AgentClient()).addCallback(
+        d: Deferred[list[Identity]] = connectProtocol(endpoint, AgentClient()).addCallback(
             connected
         )
         return d.addTimeout(self.timeout, self.reactor).addErrback(self._unusable)
 
-    def _usable(self, keys: list[tuple[bytes, str]], client: AgentClient) -> list[AgentIdentity]:
-        usable = []
+    def _usable(self, keys: list[tuple[bytes, str]], client: AgentClient) -> list[Identity]:
+        usable: list[Identity] = []
         for blob, comment in keys:
+            if is_certificate(blob):
+                certified = _agent_certificate(blob, comment, client)
+                if certified is not None:
+                    usable.append(certified)
+                continue
             try:
                 key = Key.fromString(blob, type="blob")
             except Exception as e:
@@ -226,7 +235,7 @@ class AgentKeys:
             usable.append(AgentIdentity(key, source, client))
         return usable
 
-    def _unusable(self, failure: Failure) -> list[AgentIdentity]:
+    def _unusable(self, failure: Failure) -> list[Identity]:
         error = failure.value
         if isinstance(error, AgentError | MalformedPacket):
             reason = str(error)
@@ -246,8 +255,26 @@ class AgentKeys:
             self._client = None
 
 
+def _agent_certificate(blob: bytes, comment: str, client: AgentClient) -> Identity | None:
+    """A certificate the agent holds, which the agent signs for under the certificate's blob."""
+    try:
+        cert = parse_certificate(blob)
+        key = Key.fromString(cert.key_blob, type="blob")
+    except Exception as e:
+        _log.debug("Skipping agent key {comment!r}: {error}", comment=comment, error=repr(e))
+        return None
+    if cert.kind != USER_CERT:
+        return None
+    source = f"agent key {comment}" if comment else "agent key"
+    signer = AgentIdentity(key, source, client, agent_blob=blob)
+    return CertifiedIdentity(key, source, signer, blob)
+
+
 def prepare_identities(
-    files: Sequence[Identity], agent_keys: Sequence[AgentIdentity], identities_only: bool
+    files: Sequence[Identity],
+    agent_keys: Sequence[Identity],
+    identities_only: bool,
+    certificates: Sequence[tuple[str, bytes]] = (),
 ) -> list[Identity]:
     """
     The keys to offer, in ssh's order: agent keys that are also key files (given or default),
@@ -256,11 +283,63 @@ def prepare_identities(
     A file whose private key could not be loaded (L{PublicOnlyIdentity}: encrypted, no
     passphrase) is offered only if the agent holds it; one whose private key is at hand signs
     itself even when the agent also holds it.
+
+    C{certificates} (where from, blob: C{KEY-cert.pub}, C{CertificateFile}) are paired with the
+    key that signs for them, a file's or the agent's, and each certificate is offered right
+    before its plain key, as ssh offers them; one whose key is nowhere is skipped.
     """
+    prepared = _prepare(files, agent_keys, identities_only)
+    signers = [i for i in [*prepared, *files, *agent_keys] if not isinstance(i, CertifiedIdentity)]
+    certified: list[Identity] = [i for i in prepared if isinstance(i, CertifiedIdentity)]
+    for source, certificate in certificates:
+        key_blob = parse_certificate(certificate).key_blob
+        signer = next(
+            (
+                s
+                for s in signers
+                if s.key.blob() == key_blob and not isinstance(s, PublicOnlyIdentity)
+            ),
+            None,
+        )
+        if signer is None:
+            _log.warn(
+                "Skipping certificate {source}: neither a key file nor the agent holds its key",
+                source=source,
+            )
+            continue
+        certified.append(CertifiedIdentity(signer.key, source, signer, certificate))
+    plain = [i for i in prepared if not isinstance(i, CertifiedIdentity)]
+    result: list[Identity] = []
+    placed: set[int] = set()
+    for identity in plain:
+        for cert in certified:
+            if id(cert) not in placed and cert.key.blob() == identity.key.blob():
+                placed.add(id(cert))
+                result.append(cert)
+        result.append(identity)
+    # Certificates whose key is not offered by itself (an agent key under IdentitiesOnly) first.
+    result = [c for c in certified if id(c) not in placed] + result
+    unique: list[Identity] = []
+    seen: set[bytes] = set()
+    for identity in result:
+        if identity.public_blob not in seen:
+            seen.add(identity.public_blob)
+            unique.append(identity)
+    return unique
+
+
+def _prepare(
+    files: Sequence[Identity], agent_keys: Sequence[Identity], identities_only: bool
+) -> list[Identity]:
     remaining = list(files)
     preferred: list[Identity] = []
     others: list[Identity] = []
     for agent_key in agent_keys:
+        if isinstance(agent_key, CertifiedIdentity):
+            if not identities_only:
+                others.append(agent_key)
+            continue
+        assert isinstance(agent_key, AgentIdentity)
         blob = agent_key.key.blob()
         match = next((f for f in remaining if f.key.blob() == blob), None)
         if match is not None:
@@ -283,7 +362,7 @@ def prepare_identities(
     result: list[Identity] = []
     seen: set[bytes] = set()
     for identity in [*preferred, *others, *files_left]:
-        blob = identity.key.blob()
+        blob = identity.public_blob
         if blob not in seen:
             seen.add(blob)
             result.append(identity)

@@ -56,6 +56,9 @@ class ClientConfig(SharedSettings):
     agent_socket: str | None = None
     # C{IdentitiesOnly}: offer only C{identities} (the agent may still sign for them).
     identities_only: bool = False
+    # User certificates (where from, blob): C{KEY-cert.pub} beside the keys, C{CertificateFile};
+    # each is offered before its key, which signs for it (a file's or the agent's).
+    certificates: list[tuple[str, bytes]] = field(default_factory=list)
     # Tried (keyboard-interactive, then password) only once public keys have not succeeded.
     password: str | None = field(default=None, repr=False)
     strict_host_key_checking: HostKeyPolicy = HostKeyPolicy.YES

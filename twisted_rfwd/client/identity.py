@@ -4,6 +4,9 @@ Client identities: private keys read from OpenSSH key files.
 A key that cannot be used is an error naming the file; an encrypted key needs its passphrase
 given up front, because rfwd-client never prompts.  Without one, a default key (C{~/.ssh/id_*})
 that is encrypted is skipped with a warning, unless ssh-agent holds it.
+
+User certificates (C{KEY-cert.pub} beside a key, C{CertificateFile}, or held by the agent) are
+offered as L{CertifiedIdentity}: the certificate is the public key sent, the plain key signs.
 """
 
 from __future__ import annotations
@@ -17,17 +20,25 @@ from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
 from twisted.internet.defer import Deferred, fail, succeed
 
 from twisted_rfwd.errors import EncryptedKey, KeyLoadError, MalformedPacket
+from twisted_rfwd.protocol.certificates import (
+    CERT_ALGORITHMS,
+    USER_CERT,
+    Certificate,
+    parse_certificate,
+)
 from twisted_rfwd.protocol.wire import Reader
 from twisted_rfwd.ssh.fingerprint import fingerprint
 
 __all__ = [
     "DEFAULT_IDENTITY_NAMES",
+    "CertifiedIdentity",
     "EncryptedKey",
     "Identity",
     "PublicOnlyIdentity",
     "default_identity_paths",
     "load_identity",
     "load_public_identity",
+    "load_user_certificate",
 ]
 
 DEFAULT_IDENTITY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")
@@ -48,6 +59,24 @@ class Identity:
     def key_type(self) -> str:
         return str(self.key.sshType().decode("ascii"))
 
+    @property
+    def public_blob(self) -> bytes:
+        """The public key blob sent to the server (a certificate's, for a certificate)."""
+        blob: bytes = self.key.blob()
+        return blob
+
+    def algorithm(self, server_sig_algs: list[bytes] | None) -> bytes:
+        """The algorithm to sign with: for RSA the best SHA-2 one the server lists."""
+        key_type: bytes = self.key.sshType()
+        if key_type != b"ssh-rsa":
+            return key_type
+        if server_sig_algs is None:
+            return b"ssh-rsa"  # an old server that announces nothing: what OpenSSH sends
+        for candidate in (b"rsa-sha2-512", b"rsa-sha2-256"):
+            if candidate in server_sig_algs:
+                return candidate
+        return b"ssh-rsa"
+
     def sign(self, data: bytes, algorithm: bytes) -> Deferred[bytes]:
         """
         The signature blob over C{data}.  A key at hand signs at once (the Deferred has fired);
@@ -57,6 +86,64 @@ class Identity:
 
     def __str__(self) -> str:
         return f"{self.source} ({self.key_type} {self.fingerprint})"
+
+
+# The plain signature algorithm -> the name a certificate of that key is offered under.
+_CERT_NAMES = {plain: cert for cert, plain in CERT_ALGORITHMS.items()}
+_CERT_NAMES[b"ssh-rsa"] = b"ssh-rsa-cert-v01@openssh.com"
+
+
+@dataclass(frozen=True)
+class CertifiedIdentity(Identity):
+    """
+    A user certificate of C{key}, offered under the certificate's algorithm, signed by
+    C{signer} (the key file's identity or the agent's) with the plain algorithm.
+    """
+
+    signer: Identity = field(compare=False, repr=False)
+    certificate: bytes = field(compare=False, repr=False)
+
+    @property
+    def parsed(self) -> Certificate:
+        return parse_certificate(self.certificate)
+
+    @property
+    def public_blob(self) -> bytes:
+        return self.certificate
+
+    @property
+    def key_type(self) -> str:
+        return self.parsed.cert_type.decode("ascii")
+
+    def algorithm(self, server_sig_algs: list[bytes] | None) -> bytes:
+        return _CERT_NAMES[self.signer.algorithm(server_sig_algs)]
+
+    def sign(self, data: bytes, algorithm: bytes) -> Deferred[bytes]:
+        plain = CERT_ALGORITHMS.get(algorithm, b"ssh-rsa")
+        return self.signer.sign(data, plain)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.source} ({self.key.sshType().decode('ascii')}-cert {self.fingerprint}, "
+            f"{self.parsed.describe()})"
+        )
+
+
+def load_user_certificate(path: str) -> bytes:
+    """
+    A user certificate file (C{KEY-cert.pub}, C{CertificateFile}); its blob.
+
+    @raise KeyLoadError: unreadable, not a certificate, or a host certificate.
+    """
+    path = os.path.expanduser(path)
+    try:
+        blob = b64decode(_read(path).split()[1], validate=True)
+        cert = parse_certificate(blob)
+    except (IndexError, ValueError, MalformedPacket, struct.error):
+        raise KeyLoadError(path, "not an OpenSSH certificate (a -cert.pub file)") from None
+    if cert.kind != USER_CERT:
+        raise KeyLoadError(path, "this is a host certificate, not a user certificate")
+    return blob
 
 
 class PublicOnlyIdentity(Identity):

@@ -6,14 +6,24 @@ other than 22).  As OpenSSH does, the host-key algorithms already recorded for t
 for first, so a host known by its RSA key is not mistaken for an unknown one offering ed25519.
 Never a prompt: an unknown or changed key is an error with the fingerprint and what to do, and a
 changed key is one even under C{StrictHostKeyChecking=no} (see L{KnownHosts.verify}).
+
+Host certificates (OpenSSH PROTOCOL.certkeys) are checked as C{ssh} checks them
+(C{sshconnect.c} C{check_host_key}): a C{@cert-authority} line for the host naming the
+certificate's CA, a host certificate, inside its validity window, naming the host among its
+principals (wildcards allowed; none means any host), no critical options.  A certificate that
+fails those checks falls back to its plain key, looked up as any other host key; a certificate
+whose CA or key is C{@revoked} is refused, without the fallback.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import hmac
 import os
+import re
 import struct
+from base64 import b64decode
 from collections.abc import Sequence
+from hashlib import sha1
 from typing import Union
 
 from twisted.conch.client.knownhosts import KnownHostsFile
@@ -25,12 +35,25 @@ from twisted_rfwd.client.config import HostKeyPolicy
 from twisted_rfwd.errors import (
     ChangedHostKey,
     ChangedHostKeyForwardingDisabled,
+    HostKeyError,
     RevokedHostKey,
     UnknownHostKey,
 )
+from twisted_rfwd.protocol.certificates import (
+    CERT_ALGORITHMS,
+    HOST_CERT,
+    Certificate,
+)
 from twisted_rfwd.ssh.fingerprint import fingerprint
 
-__all__ = ["KnownHosts", "KnownHostsPaths", "host_key_algorithms_for", "known_hosts_paths"]
+__all__ = [
+    "InvalidHostCertificate",
+    "KnownHosts",
+    "KnownHostsPaths",
+    "certificate_problem",
+    "host_key_algorithms_for",
+    "known_hosts_paths",
+]
 
 _log = Logger()
 
@@ -46,6 +69,44 @@ def host_key_algorithms_for(key_type: bytes) -> list[bytes]:
 
 def key_type_name(key: Key) -> str:
     return {"EC": "ECDSA", "Ed25519": "ED25519"}.get(key.type(), key.type())
+
+
+class InvalidHostCertificate(HostKeyError):
+    """The server's host certificate is not one its CA signed (ssh refuses the key outright)."""
+
+    def __str__(self) -> str:
+        return (
+            f"Host key verification failed: the {self.key_type} host certificate "
+            f"{self.fingerprint} presented by {self.host_id} does not carry a valid signature "
+            f"of its CA ({self.known_hosts})."
+        )
+
+
+def certificate_problem(cert: Certificate, host: str, now: float) -> str | None:
+    """
+    Why C{cert} cannot vouch for C{host} at C{now}, in ssh's words, or None.  The CA's
+    signature is checked separately.
+    """
+    if cert.kind != HOST_CERT:
+        return "Certificate invalid: not a host certificate"
+    if now < cert.valid_after:
+        return "Certificate invalid: not yet valid"
+    if not cert.valid_at(now):
+        return "Certificate invalid: expired"
+    if cert.principals and not any(_wildcard_match(host, p.lower()) for p in cert.principals):
+        return "Certificate invalid: name is not a listed principal"
+    if cert.critical_options:
+        return "Certificate contains unsupported critical options"
+    return None
+
+
+def ca_signed(cert: Certificate) -> bool:
+    """Whether the certificate's signature is its CA's (a CA that is itself a cert: no)."""
+    try:
+        ca = Key.fromString(cert.signature_key, type="blob")
+        return bool(ca.verify(cert.signature, cert.signed_data))
+    except (BadKeyError, ValueError, struct.error, IndexError):
+        return False
 
 
 KnownHostsPaths = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]]]
@@ -96,14 +157,71 @@ class KnownHosts:
         return found
 
     def order_algorithms(self, offered: Sequence[bytes]) -> list[bytes]:
-        """C{offered}, with the algorithms for key types already recorded moved to the front."""
-        preferred = [
-            algorithm
-            for key_type in self.recorded_key_types()
-            for algorithm in host_key_algorithms_for(key_type)
-            if algorithm in offered
-        ]
+        """
+        C{offered}, reordered as ssh's C{order_hostkeyalgs} does: every certificate algorithm
+        first when a C{@cert-authority} line names this host, then the algorithms (plain and
+        certificate) of key types already recorded, then the rest in their order.
+        """
+        has_ca = bool(self._marked(b"@cert-authority"))
+        preferred: list[bytes] = []
+        if has_ca:
+            preferred += [a for a in offered if a in CERT_ALGORITHMS]
+        for key_type in self.recorded_key_types():
+            plain = host_key_algorithms_for(key_type)
+            for algorithm in offered:
+                if algorithm in preferred:
+                    continue
+                if algorithm in plain or CERT_ALGORITHMS.get(algorithm) in plain:
+                    preferred.append(algorithm)
         return preferred + [a for a in offered if a not in preferred]
+
+    def verify_certificate(self, cert: Certificate, now: float) -> None:
+        """
+        Accept the host certificate C{cert} at C{now} (seconds since the epoch), or its plain
+        key, or raise as L{verify} does.
+
+        @raise InvalidHostCertificate: the CA's signature does not verify.
+        @raise RevokedHostKey: the certified key or the CA is marked C{@revoked} for the host.
+        """
+        plain = Key.fromString(cert.key_blob, type="blob")
+        cert_type = key_type_name(plain) + "-CERT"
+        if not ca_signed(cert):
+            raise InvalidHostCertificate(
+                self.host, self.port, cert_type, fingerprint(plain), "signature"
+            )
+        ca_blob = cert.signature_key
+        for blob, what in ((plain.blob(), cert_type), (ca_blob, "CA")):
+            revoked = self._revocation_of(blob)
+            if revoked is not None:
+                path, line = revoked
+                key = Key.fromString(blob, type="blob")
+                raise RevokedHostKey(self.host, self.port, what, fingerprint(key), path, line)
+        authorities = self._marked(b"@cert-authority")
+        authority = next(((path, line) for path, line, key in authorities if key == ca_blob), None)
+        if authority is None:
+            _log.debug(
+                "No @cert-authority line for {host} names the CA of its certificate: "
+                "checking its plain key",
+                host=self.host_id,
+            )
+        else:
+            problem = certificate_problem(cert, self.host, now)
+            if problem is None:
+                _log.info(
+                    "Host certificate of {host} accepted: {cert}, CA at {path}:{line}",
+                    host=self.host_id,
+                    cert=cert.describe(),
+                    path=authority[0],
+                    line=authority[1],
+                )
+                return
+            _log.warn(
+                "Host certificate of {host} ({cert}) refused: {problem}; checking its plain key",
+                host=self.host_id,
+                cert=cert.describe(),
+                problem=problem,
+            )
+        self.verify(plain)
 
     def verify(self, key: Key) -> None:
         """
@@ -152,7 +270,16 @@ class KnownHosts:
 
     def _revocation(self, key: Key) -> tuple[str, int] | None:
         """Where C{key} is marked C{@revoked} for this host (Conch skips marker lines)."""
-        blob = key.blob()
+        return self._revocation_of(key.blob())
+
+    def _revocation_of(self, blob: bytes) -> tuple[str, int] | None:
+        return next(
+            ((path, line) for path, line, key in self._marked(b"@revoked") if key == blob), None
+        )
+
+    def _marked(self, marker: bytes) -> list[tuple[str, int, bytes]]:
+        """C{(path, line, key blob)} of the lines with C{marker} whose patterns match the host."""
+        found = []
         for path in self.paths:
             try:
                 with open(path, "rb") as f:
@@ -161,16 +288,16 @@ class KnownHosts:
                 continue
             for number, raw in enumerate(lines, 1):
                 fields = raw.split()
-                if len(fields) < 4 or fields[0] != b"@revoked":
+                if len(fields) < 4 or fields[0] != marker:
                     continue
                 if not _host_patterns_match(fields[1], self.host_id):
                     continue
                 try:
-                    if Key.fromString(fields[2] + b" " + fields[3]).blob() == blob:
-                        return path, number
-                except (BadKeyError, ValueError, struct.error):
+                    blob = b64decode(fields[3], validate=True)
+                except ValueError:
                     continue
-        return None
+                found.append((path, number, blob))
+        return found
 
     def _add(self, key: Key, key_type: str, key_fingerprint: str) -> None:
         path = self.paths[0]
@@ -198,14 +325,32 @@ class KnownHosts:
 
 def _host_patterns_match(patterns: bytes, host_id: str) -> bool:
     """OpenSSH host patterns (C{*}, C{?}, C{!negation}, comma-separated) against a name."""
+    if patterns.startswith(b"|1|"):
+        return _hashed_match(patterns, host_id)
     matched = False
     for pattern in patterns.decode("utf-8", "replace").split(","):
         negated = pattern.startswith("!")
-        if fnmatch.fnmatchcase(host_id, pattern.lstrip("!").lower()):
+        if _wildcard_match(host_id, pattern.lstrip("!").lower()):
             if negated:
                 return False
             matched = True
     return matched
+
+
+def _wildcard_match(name: str, pattern: str) -> bool:
+    """OpenSSH's C{match_pattern}: C{*} and C{?} only (C{[host]:port} is literal, not a set)."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, name, re.DOTALL) is not None
+
+
+def _hashed_match(field: bytes, host_id: str) -> bool:
+    """A hashed name (C{|1|salt|hash}, HashKnownHosts) against the host."""
+    try:
+        salt, digest = (b64decode(part, validate=True) for part in field[3:].split(b"|", 1))
+    except ValueError:
+        return False
+    ours = hmac.new(salt, host_id.encode("utf-8"), sha1).digest()
+    return hmac.compare_digest(ours, digest)
 
 
 def _end_with_newline(path: str) -> None:

@@ -92,6 +92,8 @@ class Settings:
     forwards: list[RemoteForward]
     identity_files: list[IdentityPath]
     certificate_files: list[str]
+    # The same, with ~ and % tokens expanded: the files read.
+    certificate_paths: list[str]
     identity_agent: str | None
     identities_only: bool
     strict_host_key_checking: HostKeyPolicy
@@ -146,12 +148,9 @@ def resolve(command: CommandLine, local: Local, sources: Sources) -> Settings:
         for entry in config.entries("IdentityFile")
     ]
     certificates = [entry.value for entry in config.entries("CertificateFile")]
-    for entry in config.entries("CertificateFile"):
-        _log.warn(
-            "{where}: CertificateFile {path} is ignored: certificates are not supported yet",
-            where=entry.where,
-            path=entry.value,
-        )
+    certificate_paths = [
+        config.expand("CertificateFile", entry) for entry in config.entries("CertificateFile")
+    ]
 
     agent = config.entry("IdentityAgent")
     strict = config.get("StrictHostKeyChecking")
@@ -167,6 +166,7 @@ def resolve(command: CommandLine, local: Local, sources: Sources) -> Settings:
         forwards=forwards,
         identity_files=identity_files,
         certificate_files=certificates,
+        certificate_paths=certificate_paths,
         identity_agent=_agent(config, agent),
         identities_only=_flag(config, "IdentitiesOnly"),
         strict_host_key_checking=HostKeyPolicy.parse(strict or "yes"),

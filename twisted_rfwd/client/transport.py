@@ -19,7 +19,12 @@ from twisted_rfwd.client.agent import AgentKeys
 from twisted_rfwd.client.connection import ForwardingClientConnection
 from twisted_rfwd.client.interfaces import ITransportOwner
 from twisted_rfwd.client.userauth import PublicKeyAuth
-from twisted_rfwd.errors import ConnectionClosed, HostKeyError
+from twisted_rfwd.errors import ConnectionClosed, HostKeyError, MalformedPacket
+from twisted_rfwd.protocol.certificates import (
+    CERT_ALGORITHMS,
+    is_certificate,
+    parse_certificate,
+)
 from twisted_rfwd.protocol.messages import loggable
 from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
 
@@ -35,9 +40,14 @@ class ClientTransport(TransportMixin, SSHClientTransport):
         config = tunnel.config
         self.rekey_bytes = config.rekey_bytes
         self.rekey_seconds = config.rekey_seconds
-        # HostKeyAlgorithms, in its order, of those we implement; recorded keys' types first.
+        # HostKeyAlgorithms, in its order, of those we implement; by default, with the
+        # certificate algorithms first, as OpenSSH's default list (a list given names none, so
+        # none are offered); then ordered by known_hosts.
         wanted = [a for a in config.host_key_algorithms if a in PUBLIC_KEY_ALGORITHMS]
-        self.supportedPublicKeys = tunnel.known_hosts.order_algorithms(wanted)
+        certs = []
+        if wanted == PUBLIC_KEY_ALGORITHMS:
+            certs = [c for w in wanted for c, plain in CERT_ALGORITHMS.items() if plain == w]
+        self.supportedPublicKeys = tunnel.known_hosts.order_algorithms(certs + wanted)
         self.supportedCiphers = list(config.ciphers)
         self.supportedMACs = list(config.macs)
         self.supportedKeyExchanges = list(config.kex_algorithms)
@@ -61,9 +71,22 @@ class ClientTransport(TransportMixin, SSHClientTransport):
         if self.transport is not None:
             self.transport.abortConnection()
 
+    def certified_host_key(self, host_key: bytes) -> Key | None:
+        if not is_certificate(host_key):
+            return None
+        try:
+            key: Key = Key.fromString(parse_certificate(host_key).key_blob, type="blob")
+            return key
+        except (MalformedPacket, ValueError):
+            return None
+
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> Deferred[bool]:
         try:
-            self.tunnel.known_hosts.verify(Key.fromString(hostKey))
+            if is_certificate(hostKey):
+                now = self.tunnel.reactor.seconds()
+                self.tunnel.known_hosts.verify_certificate(parse_certificate(hostKey), now)
+            else:
+                self.tunnel.known_hosts.verify(Key.fromString(hostKey))
         except HostKeyError as e:
             self.tunnel.fail(e)
             # Disconnect here: Conch's own errback would send the peer a traceback.
@@ -90,6 +113,7 @@ class ClientTransport(TransportMixin, SSHClientTransport):
                 agent=agent,
                 identities_only=config.identities_only,
                 accepted_algorithms=config.pubkey_accepted_algorithms,
+                certificates=config.certificates,
             )
         )
 

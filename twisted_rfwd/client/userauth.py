@@ -24,9 +24,10 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_rfwd.client.agent import AgentIdentity, AgentKeys, prepare_identities
+from twisted_rfwd.client.agent import AgentKeys, prepare_identities
 from twisted_rfwd.client.identity import Identity
 from twisted_rfwd.errors import AuthenticationFailed
+from twisted_rfwd.protocol.certificates import CERT_ALGORITHMS
 from twisted_rfwd.protocol.userauth import MSG_USERAUTH_REQUEST, publickey_signed_data
 from twisted_rfwd.protocol.wire import Reader, pack_string
 
@@ -99,6 +100,7 @@ class PublicKeyAuth(SSHService):
         agent: AgentKeys | None = None,
         identities_only: bool = False,
         accepted_algorithms: Sequence[bytes] | None = None,
+        certificates: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         self.user = user.encode("utf-8")
         # PubkeyAcceptedAlgorithms: keys whose signature algorithm is not listed are not offered.
@@ -109,6 +111,8 @@ class PublicKeyAuth(SSHService):
         self._password = password
         self._agent = agent
         self._identities_only = identities_only
+        # User certificates from files (where from, blob), paired with their keys at the start.
+        self._certificates = list(certificates)
         # The request in progress: C{publickey} with its identity and algorithm, C{password}
         # or C{keyboard-interactive}; None when waiting for nothing in particular (the first
         # C{none} request included).
@@ -132,15 +136,17 @@ class PublicKeyAuth(SSHService):
 
     def serviceStarted(self) -> None:
         if self._agent is None:
-            self._identities = prepare_identities(self._identities, [], self._identities_only)
+            self._identities = prepare_identities(
+                self._identities, [], self._identities_only, self._certificates
+            )
             self._request(b"none", b"")
             return
 
-        def listed(agent_keys: list[AgentIdentity]) -> None:
+        def listed(agent_keys: list[Identity]) -> None:
             if self._stopped:
                 return
             self._identities = prepare_identities(
-                self._identities, agent_keys, self._identities_only
+                self._identities, agent_keys, self._identities_only, self._certificates
             )
             self._request(b"none", b"")
 
@@ -191,8 +197,10 @@ class PublicKeyAuth(SSHService):
         methods = self._methods
         while Method.PUBLICKEY.value in methods and self._identities:
             identity = self._identities.pop(0)
-            algorithm = signature_algorithm(identity.key, self._server_sig_algs())
-            if self._accepted is not None and algorithm not in self._accepted:
+            algorithm = identity.algorithm(self._server_sig_algs())
+            # A certificate algorithm is accepted with its plain one (as OpenSSH's defaults).
+            plain = CERT_ALGORITHMS.get(algorithm, algorithm)
+            if self._accepted is not None and plain not in self._accepted:
                 self._log.debug(
                     "Skipping {source}: {algorithm} is not in PubkeyAcceptedAlgorithms",
                     source=identity.source,
@@ -224,7 +232,7 @@ class PublicKeyAuth(SSHService):
 
     def _query(self, identity: Identity, algorithm: bytes) -> None:
         self._method, self._current = Method.PUBLICKEY, (identity, algorithm)
-        blob = identity.key.blob()
+        blob = identity.public_blob
         self._request(Method.PUBLICKEY.value, b"\x00" + pack_string(algorithm) + pack_string(blob))
 
     def _start_password_method(self, method: Method) -> None:
@@ -256,7 +264,7 @@ class PublicKeyAuth(SSHService):
         if self._current is None:
             return
         identity, algorithm = self._current
-        blob = identity.key.blob()
+        blob = identity.public_blob
         assert self.transport.sessionID is not None
         signed = publickey_signed_data(
             self.transport.sessionID, self.user, self._next_service.name, algorithm, blob

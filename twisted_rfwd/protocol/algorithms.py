@@ -10,6 +10,7 @@ import fnmatch
 from collections.abc import Sequence
 
 from twisted_rfwd.errors import ConfigError
+from twisted_rfwd.protocol.kex import MLKEM768X25519_SHA256, mlkem_available
 
 __all__ = [
     "CIPHERS",
@@ -19,11 +20,13 @@ __all__ = [
     "choose",
 ]
 
-# No mlkem768x25519-sha256: Conch implements it for servers only, and OpenSSH 9.2 (what we can
-# test against here) lacks it.  curve25519 is what OpenSSH 10 negotiates without it.  Conch
-# does each of these exchanges (the SSH layer checks so when it starts: see
-# L{twisted_rfwd.ssh.transport}).
+# OpenSSH 10's order: the post-quantum hybrid first (our own implementation, see
+# L{twisted_rfwd.protocol.kex}; offered when this cryptography has ML-KEM), then curve25519.
+# No sntrup761x25519-sha512: neither cryptography nor any other maintained library we depend on
+# has Streamlined NTRU Prime.  Conch does the others (the SSH layer checks so when it starts:
+# see L{twisted_rfwd.ssh.transport}).
 KEY_EXCHANGES: list[bytes] = [
+    *([MLKEM768X25519_SHA256] if mlkem_available() else []),
     b"curve25519-sha256",
     b"curve25519-sha256@libssh.org",
     b"ecdh-sha2-nistp256",

@@ -7,9 +7,12 @@ C{permitlisten}, C{from}, C{expiry-time}).
 Options that restrict things this server never offers (C{no-pty}, C{command}, ...) are accepted
 and have nothing to restrict.  An unknown option makes the whole line unusable, as in sshd.
 
-A C{cert-authority} line names a key that signs user certificates; sshd never lets that key log
-in as a plain key, and this server takes no certificates yet, so such a line authorizes nothing
-here: it is left out with a warning, once per reading of the file.
+A C{cert-authority} line names a key that signs user certificates: it authorizes certificates
+signed by that key (for the user name, or for the names its C{principals=} lists), and never
+that key itself as a plain key, as in sshd.  The checks a certificate needs are in
+L{twisted_rfwd.server.certificates}.
+
+sshd's C{AuthorizedPrincipalsFile} lines (C{[options] principal}) are parsed here too.
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from twisted_rfwd.errors import ConfigError, MalformedPacket
 from twisted_rfwd.protocol.policy import ListenPermission, parse_listen_permission
 from twisted_rfwd.protocol.wire import Reader
 
-__all__ = ["AuthorizedLine", "KeyOptions", "matches_from", "parse_authorized_lines"]
+__all__ = [
+    "AuthorizedLine",
+    "KeyOptions",
+    "PrincipalLine",
+    "matches_from",
+    "parse_authorized_lines",
+    "parse_principals_lines",
+]
 
 _KEY_TYPES = {
     "ssh-ed25519",
@@ -49,14 +59,8 @@ _IRRELEVANT_FLAGS = {
     "user-rc",
     "no-x11-forwarding",
     "x11-forwarding",
-    "no-touch-required",
-    "verify-required",
 }
-_IRRELEVANT_VALUES = {"command", "environment", "principals", "permitopen", "tunnel"}
-
-_CERT_AUTHORITY_UNUSED = (
-    "cert-authority: the key only vouches for certificates, which this server does not accept"
-)
+_IRRELEVANT_VALUES = {"command", "environment", "permitopen", "tunnel"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,12 @@ class KeyOptions:
     expiry: datetime | None = None
     # The key signs certificates (C{cert-authority}); it never matches a plain key, as in sshd.
     cert_authority: bool = False
+    # C{principals=}: the names a certificate must hold one of (None: the user's name).
+    principals: tuple[str, ...] | None = None
+    # Security keys only (twisted_rfwd.protocol.sk): C{no-touch-required} lets a signature made
+    # without touching the token log in; C{verify-required} demands a PIN or biometric check.
+    touch_required: bool = True
+    verify_required: bool = False
 
     def allows_listen(self, address: str, port: int) -> bool:
         if not self.port_forwarding:
@@ -112,11 +122,41 @@ def parse_authorized_lines(
         except (ConfigError, UnicodeDecodeError, ValueError) as e:
             warnings.append((number, f"{where}: {e}"))
             continue
-        if entry.options.cert_authority:
-            warnings.append((number, f"{where}: {_CERT_AUTHORITY_UNUSED}"))
-            continue
         keys.append(entry)
     return keys, warnings
+
+
+@dataclass(frozen=True)
+class PrincipalLine:
+    """One C{AuthorizedPrincipalsFile} line: a principal name and the options it carries."""
+
+    name: str
+    options: KeyOptions
+    source: str
+
+
+def parse_principals_lines(text: bytes, path: str) -> tuple[list[PrincipalLine], list[str]]:
+    """
+    Parse an C{AuthorizedPrincipalsFile}: one principal a line, after optional
+    authorized_keys options (sshd splits them at the last space).  Returns the usable lines
+    and a warning C{path line N: reason} for each line that is not.
+    """
+    found: list[PrincipalLine] = []
+    warnings: list[str] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        where = f"{path} line {number}"
+        try:
+            decoded = line.decode("utf-8")
+            fields = decoded.rsplit(None, 1)
+            options = _parse_options(fields[0]) if len(fields) == 2 else KeyOptions()
+        except (ConfigError, UnicodeDecodeError) as e:
+            warnings.append(f"{where}: {e}")
+            continue
+        found.append(PrincipalLine(fields[-1], options, where))
+    return found, warnings
 
 
 def _parse_line(line: str, where: str, number: int) -> AuthorizedLine:
@@ -191,11 +231,18 @@ def _parse_options(text: str) -> KeyOptions:
     from_patterns: tuple[str, ...] | None = None
     expiry: datetime | None = None
     cert_authority = False
+    principals: tuple[str, ...] | None = None
+    touch_required = True
+    verify_required = False
     for name, value in _iter_options(text):
         if name == "restrict" and value is None:
             restricted = True
         elif name == "cert-authority" and value is None:
             cert_authority = True
+        elif name in ("touch-required", "no-touch-required") and value is None:
+            touch_required = name == "touch-required"
+        elif name in ("verify-required", "no-verify-required") and value is None:
+            verify_required = name == "verify-required"
         elif name == "no-port-forwarding" and value is None:
             port_forwarding = False
         elif name == "port-forwarding" and value is None:
@@ -206,6 +253,8 @@ def _parse_options(text: str) -> KeyOptions:
             from_patterns = tuple(p for p in value.split(",") if p)
         elif name == "expiry-time" and value is not None:
             expiry = _parse_expiry(value)
+        elif name == "principals" and value is not None:
+            principals = tuple(p for p in value.split(",") if p)
         elif (name in _IRRELEVANT_FLAGS and value is None) or (
             name in _IRRELEVANT_VALUES and value is not None
         ):
@@ -220,6 +269,9 @@ def _parse_options(text: str) -> KeyOptions:
         from_patterns=from_patterns,
         expiry=expiry,
         cert_authority=cert_authority,
+        principals=principals,
+        touch_required=touch_required,
+        verify_required=verify_required,
     )
 
 

@@ -161,7 +161,7 @@ _MACS = _words("""hmac-sha1 hmac-sha1-96 hmac-sha2-256 hmac-sha2-512 hmac-md5 hm
 umac-64@openssh.com umac-128@openssh.com hmac-sha1-etm@openssh.com hmac-sha1-96-etm@openssh.com
 hmac-sha2-256-etm@openssh.com hmac-sha2-512-etm@openssh.com hmac-md5-etm@openssh.com
 hmac-md5-96-etm@openssh.com umac-64-etm@openssh.com umac-128-etm@openssh.com""")
-_KEX = _words("""diffie-hellman-group1-sha1 diffie-hellman-group14-sha1
+_KEX = _words("""mlkem768x25519-sha256 diffie-hellman-group1-sha1 diffie-hellman-group14-sha1
 diffie-hellman-group14-sha256
 diffie-hellman-group16-sha512 diffie-hellman-group18-sha512 diffie-hellman-group-exchange-sha1
 diffie-hellman-group-exchange-sha256 ecdh-sha2-nistp256 ecdh-sha2-nistp384 ecdh-sha2-nistp521

@@ -47,7 +47,9 @@ from twisted_rfwd.protocol.algorithms import (
     PUBLIC_KEY_ALGORITHMS,
     choose,
 )
+from twisted_rfwd.protocol.certificates import USER_CERTIFICATE_ALGORITHMS
 from twisted_rfwd.protocol.policy import GatewayPorts, ListenPolicy, is_ip_literal
+from twisted_rfwd.protocol.sk import SK_ALGORITHMS
 from twisted_rfwd.protocol.units import parse_duration, parse_rekey_limit
 
 __all__ = [
@@ -79,6 +81,7 @@ EXTRA_KEYS = frozenset(
         "ports",
         "listen_addresses",
         "host_key_files",
+        "host_certificate_files",
         "log_level",
         "host_key_algorithms",
         "pubkey_accepted_algorithms",
@@ -286,6 +289,9 @@ _TABLE = [
     Keyword("Port", "ports", False, _port, adds_up=True),
     Keyword("ListenAddress", "listen_addresses", False, _listen_address, adds_up=True),
     Keyword("HostKey", "host_key_files", False, lambda n, a: [_path(n, a)], adds_up=True),
+    Keyword(
+        "HostCertificate", "host_certificate_files", False, lambda n, a: [_path(n, a)], adds_up=True
+    ),
     Keyword("AuthorizedKeysFile", "authorized_keys", True, _authorized_keys),
     Keyword("PubkeyAuthentication", "pubkey_authentication", True, _flag),
     Keyword("PasswordAuthentication", "password_authentication", True, _flag),
@@ -313,9 +319,12 @@ _TABLE = [
         "PubkeyAcceptedAlgorithms",
         "pubkey_accepted_algorithms",
         True,
-        _algorithms(PUBLIC_KEY_ALGORITHMS),
+        _algorithms([*USER_CERTIFICATE_ALGORITHMS, *PUBLIC_KEY_ALGORITHMS, *SK_ALGORITHMS]),
     ),
     Keyword("Banner", "banner", True, _path_or_none),
+    Keyword("TrustedUserCAKeys", "trusted_user_ca_keys", True, _path_or_none),
+    Keyword("RevokedKeys", "revoked_keys", True, _path_or_none),
+    Keyword("AuthorizedPrincipalsFile", "authorized_principals_file", True, _path_or_none),
     Keyword("LogLevel", "log_level", True, _log_level),
     # rfwd-server's own.
     Keyword("Sessions", "sessions", True, _flag),
@@ -355,7 +364,7 @@ SSHD_ONLY_KEYWORDS: dict[str, bool] = {
         addressfamily printmotd printlastlog ignoreuserknownhosts xauthlocation strictmodes
         permituserenvironment uselogin compression tcpkeepalive keepalive protocol subsystem
         persourcenetblocksize usedns verifyreversemapping reversemappingcheck
-        useprivilegeseparation hostcertificate versionaddendum fingerprinthash
+        useprivilegeseparation versionaddendum fingerprinthash
         securitykeyprovider debianbanner"""
         ),
         False,
@@ -367,9 +376,9 @@ SSHD_ONLY_KEYWORDS: dict[str, bool] = {
         rsaauthentication pubkeyauthoptions kerberosauthentication gssapiauthentication
         ignorerhosts x11forwarding x11displayoffset x11uselocalhost permitemptypasswords
         allowagentforwarding authorizedkeysfile2 acceptenv setenv permittunnel permittty
-        permituserrc permitopen forcecommand chrootdirectory revokedkeys trustedusercakeys
-        authorizedprincipalsfile ipqos authorizedkeyscommand authorizedkeyscommanduser
-        authorizedprincipalscommand authorizedprincipalscommanduser authenticationmethods
+        permituserrc permitopen forcecommand chrootdirectory ipqos authorizedkeyscommand
+        authorizedkeyscommanduser authorizedprincipalscommand authorizedprincipalscommanduser
+        authenticationmethods
         streamlocalbindmask streamlocalbindunlink allowstreamlocalforwarding disableforwarding
         exposeauthinfo rdomain casignaturealgorithms requiredrsasize channeltimeout
         unusedconnectiontimeout"""

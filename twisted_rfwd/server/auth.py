@@ -45,9 +45,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_rfwd.errors import RemoteProtocolError
+from twisted_rfwd.errors import MalformedPacket, RemoteProtocolError
 from twisted_rfwd.protocol.addresses import describe_address
+from twisted_rfwd.protocol.certificates import (
+    CERTIFICATE_SIGNATURES,
+    Certificate,
+    parse_certificate,
+)
 from twisted_rfwd.protocol.messages import loggable
+from twisted_rfwd.protocol.sk import SK_ALGORITHMS, SKRequirements, is_sk_algorithm
 from twisted_rfwd.protocol.userauth import publickey_signed_data
 from twisted_rfwd.protocol.wire import Reader, pack_string, pack_uint32
 from twisted_rfwd.server.authorized_keys import (
@@ -56,8 +62,15 @@ from twisted_rfwd.server.authorized_keys import (
     matches_from,
     parse_authorized_keys,
 )
+from twisted_rfwd.server.certificates import (
+    CertificateRefused,
+    check_user_certificate,
+    expand_user_template,
+    revocation_refusal,
+)
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.passwords import MAXIMUM_USER_NAME, PasswordAttempt, PasswordLogin
+from twisted_rfwd.server.sk_keys import verify_sk_signature
 from twisted_rfwd.ssh.fingerprint import fingerprint
 from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
 
@@ -103,28 +116,11 @@ class AuthorizedKeysFiles:
 
     def path_for(self, user: str) -> str | None:
         """The file for C{user}, or C{None} when the template needs a home they don't have."""
-        out: list[str] = []
-        i = 0
-        text = self.template
-        while i < len(text):
-            if text[i] == "%" and i + 1 < len(text):
-                token = text[i + 1]
-                if token == "u":
-                    out.append(user)
-                elif token == "h":
-                    home = self._home_of(user)
-                    if home is None:
-                        return None
-                    out.append(home)
-                elif token == "%":
-                    out.append("%")
-                else:
-                    out.append(text[i : i + 2])
-                i += 2
-            else:
-                out.append(text[i])
-                i += 1
-        return "".join(out)
+        return expand_user_template(self.template, user, self._home_of)
+
+    def home_of(self, user: str) -> str | None:
+        """The user's home directory (for C{AuthorizedPrincipalsFile}), or None."""
+        return self._home_of(user)
 
     def keys_for(self, user: str) -> list[AuthorizedKey]:
         """Read the user's file afresh (as sshd does), logging lines that cannot be used."""
@@ -166,7 +162,10 @@ class LoginIdentity:
 
 
 class PeerSSHPrivateKey(SSHPrivateKey):
-    """Conch's public-key credentials plus the client's numeric address, for C{from=}."""
+    """
+    Conch's public-key credentials plus the client's numeric address, for C{from=}, and the
+    settings in force for this attempt (certificates: TrustedUserCAKeys, RevokedKeys, ...).
+    """
 
     def __init__(
         self,
@@ -176,9 +175,11 @@ class PeerSSHPrivateKey(SSHPrivateKey):
         sigData: bytes | None,
         signature: bytes | None,
         peer_host: str,
+        config: ServerConfig | None = None,
     ) -> None:
         super().__init__(username, algName, blob, sigData, signature)
         self.peer_host = peer_host
+        self.config = config
 
 
 @implementer(ICredentialsChecker)
@@ -202,28 +203,86 @@ class AuthorizedKeysChecker:
             raise UnauthorizedLogin("not a valid user name")
         user = raw_user.decode("utf-8", "replace")
         algorithm: bytes = credentials.algName
-        if algorithm not in PUBLIC_KEY_ALGORITHMS:
+        certified = algorithm in CERTIFICATE_SIGNATURES
+        if (
+            algorithm not in PUBLIC_KEY_ALGORITHMS
+            and algorithm not in SK_ALGORITHMS
+            and not certified
+        ):
             raise UnauthorizedLogin(f"signature algorithm {loggable(algorithm)} is not accepted")
         peer_host = getattr(credentials, "peer_host", None)
-        entry = self._find(user, credentials.blob, peer_host)
-        if entry.key.type() == "RSA" and entry.key.size() < MINIMUM_RSA_BITS:
+        config: ServerConfig | None = getattr(credentials, "config", None)
+        revoked_keys = config.revoked_keys if config is not None else None
+        if certified:
+            key, options, description = self._certificate(
+                user, algorithm, credentials.blob, peer_host, config
+            )
+            signature_algorithm = CERTIFICATE_SIGNATURES[algorithm][1]
+        else:
+            revoked = revocation_refusal(revoked_keys, credentials.blob)
+            if revoked is not None:
+                raise UnauthorizedLogin(revoked)
+            entry = self._find(user, credentials.blob, peer_host)
+            key, options, description = entry.key, entry.options, fingerprint(entry.key)
+            signature_algorithm = algorithm
+        if key.type() == "RSA" and key.size() < MINIMUM_RSA_BITS:
             raise UnauthorizedLogin(
-                f"RSA key of {entry.key.size()} bits; at least {MINIMUM_RSA_BITS} are required"
+                f"RSA key of {key.size()} bits; at least {MINIMUM_RSA_BITS} are required"
             )
         if credentials.signature is None:
             raise ValidPublicKey()
         signature: bytes = credentials.signature
         signed_with = Reader(signature, "signature").string()
-        if signed_with != algorithm:
+        if signed_with != signature_algorithm:
             raise UnauthorizedLogin("signature algorithm does not match the request")
-        if not entry.key.verify(signature, credentials.sigData):
+        if is_sk_algorithm(algorithm):
+            # FIDO keys: the token's flags must say what the line requires (presence, PIN).
+            verify_sk_signature(
+                key.blob(), signature, credentials.sigData, SKRequirements.for_key(options)
+            )
+        elif not key.verify(signature, credentials.sigData):
             raise UnauthorizedLogin("bad signature")
         return LoginIdentity(
             user=user,
             key_type=algorithm.decode("ascii"),
-            fingerprint=fingerprint(entry.key),
-            options=entry.options,
+            fingerprint=description,
+            options=options,
         )
+
+    def _certificate(
+        self,
+        user: str,
+        algorithm: bytes,
+        blob: bytes,
+        peer_host: str | None,
+        config: ServerConfig | None,
+    ) -> tuple[Key, KeyOptions, str]:
+        """
+        A certificate checked as sshd checks it (L{check_user_certificate}): the certified
+        key, the login's options, and how logs name it (key, certificate ID and serial, CA).
+        """
+        certificate = _parse_certificate(algorithm, blob)
+        try:
+            login = check_user_certificate(
+                certificate,
+                user,
+                peer_host,
+                self._clock.seconds(),
+                trusted_user_ca_keys=config.trusted_user_ca_keys if config else None,
+                principals_file=config.authorized_principals_file if config else None,
+                revoked_keys=config.revoked_keys if config else None,
+                authorized=lambda: self.files.keys_for(user),
+                home_of=self.files.home_of,
+                warn=lambda text: _log.warn("{warning}", warning=text),
+            )
+        except CertificateRefused as e:
+            raise UnauthorizedLogin(f"{_describe(certificate)}: {e}") from None
+        description = (
+            f"{fingerprint(login.key)} {_describe(certificate)} "
+            f"CA {login.ca.sshType().decode('ascii')} {fingerprint(login.ca)} "
+            f"via {login.trusted_by}"
+        )
+        return login.key, login.options, description
 
     def _find(self, user: str, blob: bytes, peer_host: str | None) -> AuthorizedKey:
         for entry in self.files.keys_for(user):
@@ -241,6 +300,22 @@ class AuthorizedKeysChecker:
 
     def _expired(self, expiry: datetime) -> bool:
         return datetime.fromtimestamp(self._clock.seconds(), timezone.utc) >= expiry
+
+
+def _describe(certificate: Certificate) -> str:
+    """C{ID "key id" serial N}, the peer-chosen ID made printable for the log."""
+    return loggable(certificate.describe().encode("utf-8", "replace"), 100)
+
+
+def _parse_certificate(algorithm: bytes, blob: bytes) -> Certificate:
+    """The certificate a publickey request carries, of the type its algorithm names."""
+    try:
+        certificate = parse_certificate(blob)
+    except MalformedPacket as e:
+        raise UnauthorizedLogin(f"unparsable certificate: {e.detail}") from None
+    if certificate.cert_type != CERTIFICATE_SIGNATURES[algorithm][0]:
+        raise UnauthorizedLogin(f"a {loggable(certificate.cert_type)} for {loggable(algorithm)}")
+    return certificate
 
 
 class ForwardingAvatar(ConchUser):
@@ -615,7 +690,7 @@ class ServerUserAuth(SSHUserAuthServer):
                 blob,
             )
         try:
-            Key.fromString(blob)
+            _request_key(algorithm, blob)
         except Exception:  # Conch's key parser raises anything on garbage: the peer's fault
             return defer.fail(UnauthorizedLogin("unparsable public key"))
         if self._refusal is not None:
@@ -628,7 +703,7 @@ class ServerUserAuth(SSHUserAuthServer):
             )
             return refused.addErrback(self._log_refusal, algorithm, blob)
         credentials = PeerSSHPrivateKey(
-            self.user or b"", algorithm, blob, signed_data, signature, self._peer_host()
+            self.user or b"", algorithm, blob, signed_data, signature, self._peer_host(), config
         )
         d = self.portal.login(credentials, None, IConchUser)
         if not has_signature:
@@ -651,7 +726,7 @@ class ServerUserAuth(SSHUserAuthServer):
         if failure.check(UnauthorizedLogin):
             assert self.transport is not None
             try:
-                key_fingerprint = fingerprint(Key.fromString(blob))
+                key_fingerprint = fingerprint(_request_key(algorithm, blob))
             except Exception:  # Conch's key parser raises anything on garbage: the peer's fault
                 key_fingerprint = "(unparsable key)"
             _log.info(
@@ -663,3 +738,12 @@ class ServerUserAuth(SSHUserAuthServer):
                 reason=failure.getErrorMessage(),
             )
         return failure
+
+
+def _request_key(algorithm: bytes, blob: bytes) -> Key:
+    """The key a publickey request names: its blob, or a certificate's certified key."""
+    if algorithm in CERTIFICATE_SIGNATURES:
+        key: Key = Key.fromString(parse_certificate(blob).key_blob)
+        return key
+    plain: Key = Key.fromString(blob)
+    return plain

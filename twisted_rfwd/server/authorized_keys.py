@@ -29,6 +29,10 @@ class AuthorizedKey:
         """Whether a plain public key (its blob) is this line's key; never for a CA's line."""
         return not self.options.cert_authority and bool(self.key.blob() == blob)
 
+    def signs(self, ca_blob: bytes) -> bool:
+        """Whether this is a C{cert-authority} line for the CA key C{ca_blob}."""
+        return self.options.cert_authority and bool(self.key.blob() == ca_blob)
+
 
 def parse_authorized_keys(text: bytes, path: str) -> tuple[list[AuthorizedKey], list[str]]:
     """

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from twisted.conch.ssh.keys import Key
 
 from twisted_rfwd.protocol.algorithms import PUBLIC_KEY_ALGORITHMS
+from twisted_rfwd.protocol.certificates import USER_CERTIFICATE_ALGORITHMS
 from twisted_rfwd.protocol.policy import GatewayPorts, ListenPolicy
 from twisted_rfwd.protocol.settings import SharedSettings
+from twisted_rfwd.protocol.sk import SK_ALGORITHMS
 
 __all__ = ["ServerConfig"]
 
@@ -23,6 +25,8 @@ class ServerConfig(SharedSettings):
     """
 
     host_keys: list[Key]
+    # sshd's HostCertificate: certificate blobs, each certifying one of host_keys.
+    host_certificates: list[bytes] = field(default_factory=list)
     authorized_keys: str = "%h/.ssh/authorized_keys"
     gateway_ports: GatewayPorts = GatewayPorts.NO
     permit_listen: ListenPolicy = field(default_factory=ListenPolicy)
@@ -60,7 +64,16 @@ class ServerConfig(SharedSettings):
     # sshd's HostKeyAlgorithms and PubkeyAcceptedAlgorithms (signature algorithm names).
     host_key_algorithms: list[bytes] = field(default_factory=lambda: list(PUBLIC_KEY_ALGORITHMS))
     pubkey_accepted_algorithms: list[bytes] = field(
-        default_factory=lambda: list(PUBLIC_KEY_ALGORITHMS)
+        default_factory=lambda: [
+            *USER_CERTIFICATE_ALGORITHMS,
+            *PUBLIC_KEY_ALGORITHMS,
+            *SK_ALGORITHMS,
+        ]
     )
+    # User certificates: sshd's TrustedUserCAKeys, AuthorizedPrincipalsFile (%u, %h; relative
+    # to the home) and RevokedKeys (public keys or a KRL); None: none.
+    trusted_user_ca_keys: str | None = None
+    authorized_principals_file: str | None = None
+    revoked_keys: str | None = None
     client_alive_interval: float = 15.0
     client_alive_count_max: int = 3

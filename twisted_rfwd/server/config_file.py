@@ -279,6 +279,7 @@ def sshd_test_lines(
     endpoints: Sequence[str],
     ports: Sequence[int] = (),
     host_key_paths: Sequence[str],
+    host_certificate_paths: Sequence[str] = (),
     log_level: str,
     values: Mapping[str, object],
 ) -> list[str]:
@@ -322,7 +323,13 @@ def sshd_test_lines(
         lines.append(f"{key.replace('_', '')} {_algorithms(chosen)}")
     lines.append(f"loglevel {log_level}")
     lines.append(f"authorizedkeysfile {config.authorized_keys}")
+    lines += [
+        f"trustedusercakeys {config.trusted_user_ca_keys or 'none'}",
+        f"revokedkeys {config.revoked_keys or 'none'}",
+        f"authorizedprincipalsfile {config.authorized_principals_file or 'none'}",
+    ]
     lines += [f"hostkey {path}" for path in host_key_paths]
+    lines += [f"hostcertificate {path}" for path in host_certificate_paths]
     for key in ("allow_users", "deny_users", "allow_groups", "deny_groups"):
         lines += [f"{key.replace('_', '')} {pattern}" for pattern in getattr(config, key)]
     start, rate, full = config.max_startups

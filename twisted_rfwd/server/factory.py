@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_rfwd.errors import RemoteProtocolError
+from twisted_rfwd.protocol.certificates import CERT_ALGORITHMS
 from twisted_rfwd.protocol.messages import loggable
 from twisted_rfwd.server.admission import DROP_MESSAGE, Startup, StartupGate, ThrottledLog
 from twisted_rfwd.server.auth import (
@@ -43,6 +44,7 @@ from twisted_rfwd.server.auth import (
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.connection import ForwardingServerConnection
 from twisted_rfwd.server.descriptors import DescriptorBudget, ForwardCounts
+from twisted_rfwd.server.host_keys import host_key_tables
 from twisted_rfwd.server.listeners import PortBinder, SocketBinder
 from twisted_rfwd.server.passwords import PasswordChecker
 from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
@@ -198,8 +200,10 @@ class ForwardingServerFactory(SSHFactory):
         )
         checker = AuthorizedKeysChecker(AuthorizedKeysFiles(config.authorized_keys), reactor)
         self.portal = Portal(ForwardingRealm(), [checker, PasswordChecker(reactor)])
-        self.privateKeys = {key.sshType(): key for key in config.host_keys}
-        self.publicKeys = {name: key.public() for name, key in self.privateKeys.items()}
+        # Certificates (HostCertificate) under their algorithms' names, beside the keys.
+        self.publicKeys, self.privateKeys = host_key_tables(
+            config.host_keys, config.host_certificates
+        )
         self.primes = None
         self.connections: set[ForwardingServerConnection] = set()
         self.shutting_down = False
@@ -242,11 +246,13 @@ class ForwardingServerFactory(SSHFactory):
         assert isinstance(transport, ServerTransport)
         transport.startup = startup
         transport.descriptors = self.descriptors
+        # A certificate algorithm is offered when its plain algorithm is allowed; certificates
+        # first, as in sshd's default HostKeyAlgorithms.
+        offered = list(dict.fromkeys(transport.supportedPublicKeys))
+        allowed = self.config.host_key_algorithms
         transport.supportedPublicKeys = [
-            name
-            for name in transport.supportedPublicKeys
-            if name in PUBLIC_KEY_ALGORITHMS and name in self.config.host_key_algorithms
-        ]
+            name for name in offered if CERT_ALGORITHMS.get(name) in allowed
+        ] + [name for name in offered if name in PUBLIC_KEY_ALGORITHMS and name in allowed]
         transport.pubkey_algorithms = list(self.config.pubkey_accepted_algorithms)
         transport.clock = self.reactor
         transport.login_grace_time = self.config.login_grace_time

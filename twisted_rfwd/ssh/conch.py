@@ -11,7 +11,19 @@ private names used; C{tests/test_layers.py} checks that no other module of ours 
 
 from __future__ import annotations
 
+from hashlib import md5
 from typing import Any
+
+from twisted.conch.ssh import _kex
+from twisted.conch.ssh.common import NS, getNS
+from twisted.conch.ssh.keys import Key
+from twisted.conch.ssh.transport import (
+    DISCONNECT_HOST_KEY_NOT_VERIFIABLE,
+    DISCONNECT_KEY_EXCHANGE_FAILED,
+    SSHTransportBase,
+)
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from twisted_rfwd.protocol.ciphers import (
     AEAD_CIPHERS,
@@ -34,6 +46,12 @@ CONCH_PRIVATE_NAMES = frozenset(
         "_blockedByKeyExchange",
         "_allowedKeyExchangeMessageType",
         "_newKeys",
+        "_keySetup",
+        "_getHostKeys",
+        # The client's ECDH reply, for host certificates (see certified_host_key).
+        "_ssh_KEX_ECDH_REPLY",
+        "_generateECSharedSecret",
+        "_encodeECPublicKey",
     }
 )
 
@@ -134,6 +152,90 @@ class ConchTransportAdapter:
         """The suite the key exchange under way negotiated (see L{take_negotiated_ciphers})."""
         suite: CipherSuite = self.nextEncryptions
         return suite
+
+    # -- key exchange methods of our own (L{twisted_rfwd.ssh.kex}) ------------------------------
+
+    def run_conch_kexinit(self, packet: bytes, method_is_ours: bool) -> Any:
+        """
+        Conch's handling of the peer's KEXINIT (negotiation, our own KEXINIT if not yet sent).
+        With C{method_is_ours} on a client, without the part of Conch's client that sends the
+        method's first message: Conch's client would answer an exchange it lacks with a group
+        exchange request, and ours sends its own message instead.
+        """
+        if method_is_ours and self.isClient:  # type: ignore[attr-defined]
+            return SSHTransportBase.ssh_KEXINIT(self, packet)  # type: ignore[arg-type]
+        return super().ssh_KEXINIT(packet)  # type: ignore[misc]
+
+    def skip_guessed_packet(self) -> bool:
+        """
+        On a server, whether the client's method message is to be dropped unread: its KEXINIT
+        guessed the method wrong and sent that message first (RFC 4253 section 7), as Conch's
+        own handlers check.
+        """
+        ignore: Any = vars(self).get("ignoreNextPacket")
+        if not ignore:
+            return False
+        self.ignoreNextPacket = 0
+        return True
+
+    def host_key_pair(self) -> tuple[Key, Key]:
+        """The server's public and private host key for the negotiated host key algorithm."""
+        public: Key
+        private: Key
+        public, private = self._getHostKeys(self.keyAlg)  # type: ignore[attr-defined]
+        return public, private
+
+    def set_up_keys(self, secret: bytes, exchange_hash: bytes) -> None:
+        """
+        The method is done: derive the keys from K (as encoded for hashing) and H, and send
+        NEWKEYS (Conch's client also takes a NEWKEYS that arrived first).
+        """
+        self._keySetup(secret, exchange_hash)  # type: ignore[attr-defined]
+
+    # -- the client's ECDH reply, when the host key is a certificate ----------------------------
+
+    def certified_host_key(self, host_key: bytes) -> Key | None:
+        """
+        The plain key a host certificate C{host_key} certifies (the key that signs the exchange
+        hash), or None when C{host_key} is no certificate: Conch reads K_S as a plain key.
+        """
+        return None
+
+    def _ssh_KEX_ECDH_REPLY(self, packet: bytes) -> Any:
+        host_key, exchange_public, signature, _ = getNS(packet, 3)
+        signer = self.certified_host_key(host_key)
+        if signer is None:
+            return super()._ssh_KEX_ECDH_REPLY(packet)  # type: ignore[misc]
+        this: Any = self
+
+        def verified(_: object) -> None:
+            # Conch's own steps (its _continue_KEX_ECDH_REPLY), but the signer is the
+            # certified key.
+            secret = this._generateECSharedSecret(this.ecPriv, exchange_public)
+            h = _kex.getHashProcessor(this.kexAlg)()
+            for item in (
+                this.ourVersionString,
+                this.otherVersionString,
+                this.ourKexInitPayload,
+                this.otherKexInitPayload,
+                host_key,
+                this._encodeECPublicKey(this.ecPub),
+                exchange_public,
+            ):
+                h.update(NS(item))
+            h.update(secret)
+            exchange_hash = h.digest()
+            if not signer.verify(signature, exchange_hash):
+                this.sendDisconnect(DISCONNECT_KEY_EXCHANGE_FAILED, b"bad signature")
+            else:
+                this._keySetup(secret, exchange_hash)
+
+        def refused(_: Failure) -> None:
+            this.sendDisconnect(DISCONNECT_HOST_KEY_NOT_VERIFIABLE, b"bad host key")
+
+        fingerprint = b":".join(b"%02x" % byte for byte in md5(host_key).digest())
+        d: Deferred[Any] = this.verifyHostKey(host_key, fingerprint)
+        return d.addCallback(verified).addErrback(refused)
 
     # -- Conch's hook once both NEWKEYS are through ---------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.conch.ssh.transport import (
     DISCONNECT_BY_APPLICATION,
+    DISCONNECT_KEY_EXCHANGE_FAILED,
     DISCONNECT_PROTOCOL_ERROR,
     DISCONNECT_PROTOCOL_VERSION_NOT_SUPPORTED,
     MSG_DISCONNECT,
@@ -35,6 +36,7 @@ from twisted_rfwd.protocol.addresses import describe_address
 from twisted_rfwd.protocol.algorithms import CIPHERS, KEY_EXCHANGES, PUBLIC_KEY_ALGORITHMS
 from twisted_rfwd.protocol.algorithms import MACS as MACS_OFFERED
 from twisted_rfwd.protocol.ciphers import AEAD_CIPHERS, Opener, PlainOpener, PlainSealer, Sealer
+from twisted_rfwd.protocol.kex import HYBRID_KEY_EXCHANGES
 from twisted_rfwd.protocol.messages import check_shape
 from twisted_rfwd.protocol.phases import (
     MSG_KEX_ECDH_REPLY,
@@ -55,8 +57,8 @@ from twisted_rfwd.protocol.wire import (
     pack_string,
     pack_uint32,
 )
-from twisted_rfwd.ssh.conch import ConchTransportAdapter
 from twisted_rfwd.ssh.interfaces import IChannelDataSink, IKeyExchangeObserver, ISSHTransport
+from twisted_rfwd.ssh.kex import HybridKeyExchange, client_choice
 from twisted_rfwd.ssh.sockets import ack_promptly, set_tcp_nodelay
 
 __all__ = [
@@ -100,7 +102,7 @@ _DATA_OVERHEAD = CHANNEL_DATA_HEADER.size
 
 
 @implementer(ISSHTransport)
-class TransportMixin(ConchTransportAdapter):
+class TransportMixin(HybridKeyExchange):
     """Mixed in before Conch's client or server transport class."""
 
     _log = Logger()
@@ -443,6 +445,10 @@ class TransportMixin(ConchTransportAdapter):
         """The peer's debug messages are not logged: they are the peer's text, unbounded."""
 
     def ssh_KEX_DH_GEX_REQUEST_OLD(self, packet: bytes) -> None:
+        if self.hybrid_kex:
+            if not self.skip_guessed_packet():
+                self.hybrid_init_received(packet)
+            return
         try:
             super().ssh_KEX_DH_GEX_REQUEST_OLD(packet)  # type: ignore[misc]
         except ValueError:
@@ -450,6 +456,8 @@ class TransportMixin(ConchTransportAdapter):
             raise MalformedPacket("SSH_MSG_KEX_ECDH_INIT", "invalid public key") from None
 
     def ssh_KEX_DH_GEX_GROUP(self, packet: bytes) -> Any:
+        if self.hybrid_kex:
+            return self.hybrid_reply_received(packet)
         try:
             return super().ssh_KEX_DH_GEX_GROUP(packet)  # type: ignore[misc]
         except ValueError:
@@ -468,28 +476,34 @@ class TransportMixin(ConchTransportAdapter):
     def ssh_KEXINIT(self, packet: bytes) -> Any:
         first = self._initial_kex and self.incomingPacketSequence <= 1
         self._set_peer_kex(KexStage.STARTED)
+        peer_kex = Reader(packet[16:], "SSH_MSG_KEXINIT").string().split(b",")
+        # A client sends the first message of the methods that are ours (Conch's would not).
+        ours = self.isClient and client_choice(self.supportedKeyExchanges, peer_kex) in (
+            HYBRID_KEY_EXCHANGES
+        )
         if self._initial_kex:
-            peer_kex = Reader(packet[16:], "SSH_MSG_KEXINIT").string().split(b",")
             wanted = STRICT_KEX_SERVER if self.isClient else STRICT_KEX_CLIENT
             self._strict = wanted in peer_kex
             if self._strict and not first:
                 raise RemoteProtocolError("strict KEX: KEXINIT was not the first message")
             self._update_accepting()
-        result = super().ssh_KEXINIT(packet)  # type: ignore[misc]
+        result = self.run_conch_kexinit(packet, ours)
         suite = None if self._closing else self.take_negotiated_ciphers()
         if suite is not None:
             self._log.info(
                 "Key exchange with {peer}: {kex}, host key {host_key}, "
                 "out {out_cipher} {out_mac}, in {in_cipher} {in_mac}{strict}",
                 peer=self._peer(),
-                kex=_name(self.kexAlg),  # type: ignore[attr-defined]
-                host_key=_name(self.keyAlg),  # type: ignore[attr-defined]
+                kex=_name(self.kexAlg),
+                host_key=_name(self.keyAlg),
                 out_cipher=_name(suite.outCipType),
                 out_mac=_mac_name(suite.outCipType, suite.outMACType),
                 in_cipher=_name(suite.inCipType),
                 in_mac=_mac_name(suite.inCipType, suite.inMACType),
                 strict=", strict KEX" if self._strict else "",
             )
+            if ours:
+                self.start_hybrid_kex()
         return result
 
     def sendKexInit(self) -> None:
@@ -570,6 +584,13 @@ class TransportMixin(ConchTransportAdapter):
             reason=message,
         )
         self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, message.encode("utf-8"))
+
+    def key_exchange_failed(self, why: str) -> None:
+        """The peer's key exchange does not hold: one log line, and a disconnect that says why."""
+        if self._closing:
+            return
+        self._log.error("Key exchange with {peer} failed: {why}", peer=self._peer(), why=why)
+        self.sendDisconnect(DISCONNECT_KEY_EXCHANGE_FAILED, why.encode("utf-8"))
 
     def _internal_error(self) -> None:
         """

@@ -21,6 +21,7 @@ from twisted_rfwd.client.identity import (
     default_identity_paths,
     load_identity,
     load_public_identity,
+    load_user_certificate,
 )
 from twisted_rfwd.client.known_hosts import known_hosts_paths
 from twisted_rfwd.client.service import TunnelService
@@ -177,6 +178,9 @@ def build_config(options: Options) -> ClientConfig:
         ),
         agent_socket=agent_socket,
         identities_only=s.identities_only,
+        certificates=_certificates(
+            [i.path for i in s.identity_files] or default_identity_paths(), s.certificate_paths
+        ),
         password=password,
         strict_host_key_checking=s.strict_host_key_checking,
         exit_on_forward_failure=s.exit_on_forward_failure,
@@ -262,6 +266,23 @@ def _identities(
             "no identity: give -i KEYFILE, run ssh-agent or give --password-file "
             "(none of ~/.ssh/id_ed25519, id_ecdsa, id_rsa is usable)"
         )
+    return found
+
+
+def _certificates(key_paths: list[str], certificate_paths: list[str]) -> list[tuple[str, bytes]]:
+    """
+    User certificates: C{CertificateFile}s (which must exist, as in ssh), then C{KEY-cert.pub}
+    beside each key file (if there is one).
+    """
+    found = [(path, load_user_certificate(path)) for path in certificate_paths]
+    for key_path in key_paths:
+        path = os.path.expanduser(key_path) + "-cert.pub"
+        if not os.path.exists(path):
+            continue
+        try:
+            found.append((path, load_user_certificate(path)))
+        except KeyLoadError as e:
+            _log.warn("Skipping certificate: {error}", error=str(e))
     return found
 
 

@@ -43,6 +43,8 @@ from twisted_rfwd.server.host_keys import (
     DEFAULT_KEY_NAME,
     default_state_directory,
     ensure_host_key,
+    host_key_tables,
+    load_host_certificate,
     load_host_key,
 )
 from twisted_rfwd.server.service import ServerService
@@ -206,11 +208,38 @@ class Options(ConfigFileOptions, LogOptions):
             "no",
             "sshd's KbdInteractiveAuthentication: yes asks for that password with one prompt.",
         ],
+        [
+            "trusted-user-ca-keys",
+            None,
+            None,
+            "sshd's TrustedUserCAKeys: a file of CA public keys whose user certificates log in "
+            "when the user name is one of their principals.",
+        ],
+        [
+            "authorized-principals-file",
+            None,
+            None,
+            "sshd's AuthorizedPrincipalsFile: the principals (one a line; %u user, %h home) a "
+            "TrustedUserCAKeys certificate must hold one of, instead of the user name.",
+        ],
+        [
+            "revoked-keys",
+            None,
+            None,
+            "sshd's RevokedKeys: public keys (one a line) or a KRL (ssh-keygen -k) refused "
+            "as keys, CAs and certificates.",
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["host-key"] = []
+        self["host-certificate"] = []
+
+    def opt_host_certificate(self, path: str) -> None:
+        """sshd's HostCertificate: a host certificate (ssh-keygen -s CA -h) for one of the
+        host keys, offered with it; repeatable."""
+        self["host-certificate"].append(path)
 
     def opt_host_key(self, path: str) -> None:
         """Private host key (OpenSSH format); repeatable.  Default: one generated in
@@ -222,6 +251,9 @@ class Options(ConfigFileOptions, LogOptions):
         try:
             self["listen"] = listen_endpoint(self["listen"])
             self["host-keys"] = [load_host_key(path) for path in self["host-key"]]
+            self["host-certificates"] = [
+                load_host_certificate(path) for path in self["host-certificate"]
+            ]
             self["gateway-ports-policy"] = GatewayPorts.parse(self["gateway-ports"])
             self["permit-listen-policy"] = ListenPolicy.parse([self["permit-listen"]])
             self["timing"] = {
@@ -297,6 +329,9 @@ def _logins(options: usage.Options) -> dict[str, Any]:
     """The password settings, as ServerConfig fields."""
     return {
         "password_hashes": options["password-hashes"],
+        "trusted_user_ca_keys": options["trusted-user-ca-keys"],
+        "authorized_principals_file": options["authorized-principals-file"],
+        "revoked_keys": options["revoked-keys"],
         "password_authentication": _yes_no(
             options["password-authentication"], "--password-authentication"
         ),
@@ -327,8 +362,13 @@ def makeService(options: Options) -> IService:
             _log.info("Generated a new ed25519 host key in {path}", path=str(path))
         else:
             _log.info("Using host key {path}", path=str(path))
+    try:
+        host_key_tables(host_keys, options["host-certificates"])
+    except ValueError as e:
+        _exit_at_start(f"--host-certificate: {e}")
     config = ServerConfig(
         host_keys=host_keys,
+        host_certificates=options["host-certificates"],
         authorized_keys=options["authorized-keys"],
         gateway_ports=options["gateway-ports-policy"],
         permit_listen=options["permit-listen-policy"],
@@ -363,6 +403,7 @@ def makeService(options: Options) -> IService:
 # Options that set other ServerConfig fields (or file settings) than their own name says.
 _OPTION_FIELDS: dict[str, tuple[str, ...]] = {
     "host-key": ("host_keys", "host_key_files"),
+    "host-certificate": ("host_certificates", "host_certificate_files"),
     "rekey-limit": ("rekey_bytes", "rekey_seconds"),
     "listen": ("ports", "listen_addresses"),
     "log-level": ("log_level",),
@@ -448,6 +489,15 @@ def _read_config_file(options: ConfigFileOptions) -> None:
                 except ConfigError as e:
                     raise ConfigFileError(setting.where, str(e)) from None
                 options["host-key"].extend(setting.value)
+    if "host-certificate" not in options.given:
+        for setting in model.settings:
+            if setting.keyword.name == "HostCertificate":
+                assert isinstance(setting.value, list)
+                try:
+                    load_host_certificate(setting.value[0])
+                except ConfigError as e:
+                    raise ConfigFileError(setting.where, str(e)) from None
+                options["host-certificate"].extend(setting.value)
     level = values.get("log_level")
     if isinstance(level, str) and "log_level" not in pinned:
         options["log-level"] = LEVELS[_SSHD_LEVELS.get(level, "debug")]
@@ -488,6 +538,7 @@ def _test_lines(config: ServerConfig, options: usage.Options) -> list[str]:
         endpoints=options["listen-endpoints"] or [options["listen"]],
         ports=options["listen-ports"],
         host_key_paths=paths,
+        host_certificate_paths=list(options["host-certificate"]),
         log_level=level,
         values=values,
     )
