@@ -286,3 +286,30 @@ class EncryptedKey(KeyLoadError):
 
 class AgentError(RfwdError):
     """The agent could not be used, or refused an operation."""
+
+
+class ConfigFileError(ConfigError):
+    """A line of the file cannot be used: C{FILE line N: reason}."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(where, reason)
+        self.where = where
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+class InvalidHostCertificate(HostKeyError):
+    """The server's host certificate is not one its CA signed (ssh refuses the key outright)."""
+
+    def __str__(self) -> str:
+        return (
+            f"Host key verification failed: the {self.key_type} host certificate "
+            f"{self.fingerprint} presented by {self.host_id} does not carry a valid signature "
+            f"of its CA ({self.known_hosts})."
+        )
+
+
+class CertificateRefused(RfwdError):
+    """A certificate does not log in; the message says why, in sshd's words where it has some."""

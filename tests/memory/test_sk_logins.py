@@ -20,7 +20,7 @@ from zope.interface import implementer
 from tests.support.hostile import HostileConnection, Phase
 from tests.support.keys import new_key
 from tests.support.memory import FakeBinder
-from tests.unit.test_sk_keys import PRESENT, VERIFIED, Authenticator
+from tests.support.sk import PRESENT, VERIFIED, Authenticator
 from twisted_rfwd.protocol.userauth import publickey_signed_data
 from twisted_rfwd.server.auth import ForwardingAvatar
 from twisted_rfwd.server.config import ServerConfig

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.conch.ssh.keys import Key
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_host_certificates import make_certificate
+from tests.support.certificates import make_certificate
 from twisted_rfwd.client.agent import AgentClient, AgentIdentity, prepare_identities
 from twisted_rfwd.client.identity import (
     CertifiedIdentity,

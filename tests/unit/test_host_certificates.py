@@ -6,13 +6,11 @@ and the order of host key algorithms; and rfwd-server's certified host key table
 
 from __future__ import annotations
 
-import os
-import struct
-
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch.ssh.keys import Key
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.certificates import NOW, make_certificate, string
 from twisted_rfwd.client.config import HostKeyPolicy
 from twisted_rfwd.client.known_hosts import (
     InvalidHostCertificate,
@@ -22,46 +20,11 @@ from twisted_rfwd.client.known_hosts import (
 from twisted_rfwd.errors import RevokedHostKey, UnknownHostKey
 from twisted_rfwd.protocol.certificates import (
     FOREVER,
-    HOST_CERT,
     USER_CERT,
     Certificate,
     parse_certificate,
 )
 from twisted_rfwd.server.host_keys import host_key_tables
-
-NOW = 1_700_000_000
-
-
-def _s(data: bytes) -> bytes:
-    return struct.pack(">L", len(data)) + data
-
-
-def make_certificate(
-    key: Key,
-    ca: Key,
-    *,
-    kind: int = HOST_CERT,
-    principals: tuple[str, ...] = ("example.com",),
-    valid: tuple[int, int] = (NOW - 60, NOW + 3600),
-    critical: bytes = b"",
-) -> bytes:
-    """An ed25519 certificate of C{key} signed by C{ca}, laid out as PROTOCOL.certkeys says."""
-    public: bytes = key.public().blob()
-    body = (
-        _s(b"ssh-ed25519-cert-v01@openssh.com")
-        + _s(os.urandom(32))
-        + public[len(_s(b"ssh-ed25519")) :]
-        + struct.pack(">QL", 7, kind)
-        + _s(b"host-id")
-        + _s(b"".join(_s(p.encode()) for p in principals))
-        + struct.pack(">QQ", *valid)
-        + _s(critical)
-        + _s(b"")
-        + _s(b"")
-        + _s(ca.public().blob())
-    )
-    signature: bytes = ca.sign(body)
-    return body + _s(signature)
 
 
 def new_key() -> Key:
@@ -117,7 +80,7 @@ class HostCertificateTests(SynchronousTestCase):
             "Certificate invalid: name is not a listed principal": self.cert(principals=("x",)),
             "Certificate invalid: not a host certificate": self.cert(kind=USER_CERT),
             "Certificate contains unsupported critical options": self.cert(
-                critical=_s(b"force-command") + _s(_s(b"true"))
+                critical=string(b"force-command") + string(string(b"true"))
             ),
         }
         for reason, cert in cases.items():

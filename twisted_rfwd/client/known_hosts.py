@@ -35,7 +35,7 @@ from twisted_rfwd.client.config import HostKeyPolicy
 from twisted_rfwd.errors import (
     ChangedHostKey,
     ChangedHostKeyForwardingDisabled,
-    HostKeyError,
+    InvalidHostCertificate,
     RevokedHostKey,
     UnknownHostKey,
 )
@@ -69,17 +69,6 @@ def host_key_algorithms_for(key_type: bytes) -> list[bytes]:
 
 def key_type_name(key: Key) -> str:
     return {"EC": "ECDSA", "Ed25519": "ED25519"}.get(key.type(), key.type())
-
-
-class InvalidHostCertificate(HostKeyError):
-    """The server's host certificate is not one its CA signed (ssh refuses the key outright)."""
-
-    def __str__(self) -> str:
-        return (
-            f"Host key verification failed: the {self.key_type} host certificate "
-            f"{self.fingerprint} presented by {self.host_id} does not carry a valid signature "
-            f"of its CA ({self.known_hosts})."
-        )
 
 
 def certificate_problem(cert: Certificate, host: str, now: float) -> str | None:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from twisted_rfwd.errors import ConfigError
+from twisted_rfwd.errors import ConfigError, ConfigFileError
 from twisted_rfwd.protocol.algorithms import (
     CIPHERS,
     KEY_EXCHANGES,
@@ -87,18 +87,6 @@ EXTRA_KEYS = frozenset(
         "pubkey_accepted_algorithms",
     }
 )
-
-
-class ConfigFileError(ConfigError):
-    """A line of the file cannot be used: C{FILE line N: reason}."""
-
-    def __init__(self, where: str, reason: str) -> None:
-        super().__init__(where, reason)
-        self.where = where
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.reason}"
 
 
 class Files(Protocol):

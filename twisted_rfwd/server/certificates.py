@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 
 from twisted.conch.ssh.keys import Key
 
-from twisted_rfwd.errors import MalformedPacket
+from twisted_rfwd.errors import CertificateRefused, MalformedPacket
 from twisted_rfwd.protocol.authorized_keys import KeyOptions, parse_principals_lines
 from twisted_rfwd.protocol.certificates import (
     CA_SIGNATURE_ALGORITHMS,
@@ -53,10 +53,6 @@ __all__ = [
     "revocation_refusal",
     "verified_ca_key",
 ]
-
-
-class CertificateRefused(Exception):
-    """A certificate does not log in; the message says why, in sshd's words where it has some."""
 
 
 @dataclass(frozen=True)
