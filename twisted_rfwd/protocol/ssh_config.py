@@ -50,6 +50,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from twisted_rfwd.errors import ConfigError
+from twisted_rfwd.protocol.config_words import split_words
 from twisted_rfwd.protocol.spec import parse_remote_forward
 from twisted_rfwd.protocol.units import parse_rekey_limit
 
@@ -564,40 +565,7 @@ def split_line(text: str) -> tuple[str, list[str]] | None:
     rest = re.sub(r"^[ \t\r\n]*(=[ \t\r\n]*)?", "", rest)
     if not rest:
         raise ValueError(f'no argument after keyword "{keyword.lower()}"')
-    return keyword, _argv_split(rest)
-
-
-def _argv_split(s: str) -> list[str]:
-    """OpenSSH's C{argv_split} with comments: quotes, backslash escapes, C{#} ends the line."""
-    args: list[str] = []
-    i, n = 0, len(s)
-    while i < n:
-        if s[i] in " \t":
-            i += 1
-            continue
-        if s[i] == "#":
-            break
-        quote = ""
-        arg: list[str] = []
-        while i < n:
-            c = s[i]
-            if c == "\\" and i + 1 < n and (s[i + 1] in "'\"\\" or (not quote and s[i + 1] == " ")):
-                arg.append(s[i + 1])
-                i += 2
-                continue
-            if not quote and c in " \t":
-                break
-            if not quote and c in "\"'":
-                quote = c
-            elif quote and c == quote:
-                quote = ""
-            else:
-                arg.append(c)
-            i += 1
-        if quote:
-            raise ValueError("invalid quotes")
-        args.append("".join(arg))
-    return args
+    return keyword, split_words(rest)
 
 
 def match_pattern(text: str, pattern: str) -> bool:

@@ -48,6 +48,7 @@ from twisted_rfwd.protocol.algorithms import (
     choose,
 )
 from twisted_rfwd.protocol.certificates import USER_CERTIFICATE_ALGORITHMS
+from twisted_rfwd.protocol.config_words import split_words
 from twisted_rfwd.protocol.policy import GatewayPorts, ListenPolicy, is_ip_literal
 from twisted_rfwd.protocol.sk import SK_ALGORITHMS
 from twisted_rfwd.protocol.units import parse_duration, parse_rekey_limit
@@ -653,43 +654,6 @@ def parse_test_spec(spec: str) -> Connection:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _split_arguments(text: str) -> list[str]:
-    """OpenSSH's C{argv_split} with comments: quotes, backslash escapes, C{#} ends the line."""
-    args: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        if text[i] in " \t":
-            i += 1
-            continue
-        if text[i] == "#":
-            break
-        quote = ""
-        arg: list[str] = []
-        while i < n:
-            c = text[i]
-            if (
-                c == "\\"
-                and i + 1 < n
-                and (text[i + 1] in "'\"\\" or (not quote and text[i + 1] == " "))
-            ):
-                arg.append(text[i + 1])
-                i += 2
-                continue
-            if not quote and c in " \t":
-                break
-            if not quote and c in "'\"":
-                quote = c
-            elif quote and c == quote:
-                quote = ""
-            else:
-                arg.append(c)
-            i += 1
-        if quote:
-            raise ConfigError("invalid quotes")
-        args.append("".join(arg))
-    return args
-
-
 _KEYWORD = re.compile(r"([^\s=\"]+)[ \t]*(?:=[ \t]*)?(.*)", re.DOTALL)
 
 
@@ -729,7 +693,10 @@ class _Reader:
         if found is None or not found.group(1):
             raise ConfigError("bad line")
         word, rest = found.group(1), found.group(2)
-        args = _split_arguments(rest)
+        try:
+            args = split_words(rest)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if not args:
             raise ConfigError(f'no argument after keyword "{word}"')
         name = word.lower()
