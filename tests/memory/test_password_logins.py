@@ -16,12 +16,11 @@ import bcrypt
 from twisted.conch.ssh.common import NS
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from tests.support.hostile import HostileConnection, Phase
 from tests.support.keys import new_key, public_line
+from tests.support.logs import CapturedLog
 from tests.support.memory import FakeBinder, MemoryRig
 from twisted_rfwd.client.forwards import ForwardStatus
 from twisted_rfwd.errors import AuthenticationFailed
@@ -42,20 +41,6 @@ MSG_USERAUTH_SUCCESS = 52
 MSG_USERAUTH_60 = 60
 MSG_USERAUTH_INFO_RESPONSE = 61
 MSG_DISCONNECT = 1
-
-
-@implementer(ILogObserver)
-class CapturedLog:
-    def __init__(self, test: TestCase) -> None:
-        self.lines: list[str] = []
-        globalLogPublisher.addObserver(self)
-        test.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event: LogEvent) -> None:
-        self.lines.append(formatEvent(event))
-
-    def matching(self, text: str) -> list[str]:
-        return [line for line in self.lines if text in line]
 
 
 def write_hashes(directory: Path) -> Path:

@@ -13,12 +13,11 @@ from typing import Any
 
 from twisted.conch.ssh.common import NS
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from tests.support.hostile import HostileConnection, Phase
 from tests.support.keys import new_key
+from tests.support.logs import CapturedLog
 from tests.support.memory import FakeBinder
 from tests.support.sk import PRESENT, VERIFIED, Authenticator
 from twisted_rfwd.protocol.userauth import publickey_signed_data
@@ -30,20 +29,6 @@ MSG_USERAUTH_REQUEST = 50
 MSG_USERAUTH_FAILURE = 51
 MSG_USERAUTH_SUCCESS = 52
 MSG_USERAUTH_PK_OK = 60
-
-
-@implementer(ILogObserver)
-class CapturedLog:
-    def __init__(self, test: TestCase) -> None:
-        self.lines: list[str] = []
-        globalLogPublisher.addObserver(self)
-        test.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event: LogEvent) -> None:
-        self.lines.append(formatEvent(event))
-
-    def matching(self, text: str) -> list[str]:
-        return [line for line in self.lines if text in line]
 
 
 class SecurityKeyLoginTests(TestCase):

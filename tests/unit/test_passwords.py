@@ -13,11 +13,10 @@ import stat
 from pathlib import Path
 
 import bcrypt
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from tests.support.keys import new_key
+from tests.support.logs import CapturedLog
 from twisted_rfwd.server.auth import access_refusal, auth_methods, match_user
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.passwd import main
@@ -32,17 +31,6 @@ from twisted_rfwd.server.passwords import (
 # Cost 4: the cheapest bcrypt, so the tests stay fast.
 ALICE_HASH = bcrypt.hashpw(b"alice's secret", bcrypt.gensalt(4))
 BOB_HASH = bcrypt.hashpw(b"bob's secret", bcrypt.gensalt(5))
-
-
-@implementer(ILogObserver)
-class CapturedLog:
-    def __init__(self, test: SynchronousTestCase) -> None:
-        self.lines: list[str] = []
-        globalLogPublisher.addObserver(self)
-        test.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event: LogEvent) -> None:
-        self.lines.append(formatEvent(event))
 
 
 class HashFileTests(SynchronousTestCase):
