@@ -121,12 +121,11 @@ class ParseInvalidTests(SynchronousTestCase):
 
     def test_is_config_error(self) -> None:
         """L{BadForwardSpec} is a L{ConfigError}, so it is reported as a usage error."""
-        self.assertIsInstance(self.assertBad("8080", "expected"), ConfigError)
+        self.assertIsInstance(self.assertBad("a:1:h:2:3", "too many"), ConfigError)
 
-    def test_too_few_fields(self) -> None:
-        """One or two fields are rejected, naming the expected syntax."""
-        self.assertBad("8080", "expected [bind_address:]port:host:hostport")
-        self.assertBad("8080:h", "expected [bind_address:]port:host:hostport")
+    def test_two_fields_without_a_port(self) -> None:
+        """C{bind:port} is dynamic, so its second field must be a port."""
+        self.assertBad("8080:h", "listen port 'h' is not a number or a known service")
 
     def test_too_many_fields(self) -> None:
         """Five fields (e.g. an unbracketed IPv6 address) are rejected."""
@@ -135,7 +134,7 @@ class ParseInvalidTests(SynchronousTestCase):
 
     def test_empty(self) -> None:
         """The empty string is not a specification."""
-        self.assertBad("", "expected")
+        self.assertBad("", "the listen port is empty")
 
     def test_non_numeric_listen_port(self) -> None:
         """A listen port that is neither a number nor a service is rejected by name."""
@@ -185,17 +184,35 @@ class ParseInvalidTests(SynchronousTestCase):
         """Something other than ':' after ']' is rejected."""
         self.assertBad("[::1]x:8080:h:80", "expected ':' after ']'")
 
-    def test_unix_socket_destination(self) -> None:
-        """C{port:/path} (a Unix-socket destination) is not supported."""
-        self.assertBad("8080:/tmp/sock", "Unix-socket")
+    def test_unix_socket_path_in_a_host_or_port_field(self) -> None:
+        """A path where a host or a port belongs is rejected."""
+        self.assertBad("a:8080:/tmp/sock:80", "a Unix socket path is not allowed there")
+        self.assertBad("/tmp/s:/tmp/x:80", "expected remote_socket:host:hostport")
 
-    def test_unix_socket_listen(self) -> None:
-        """C{/path:host:port} (a Unix-socket listener) is not supported."""
-        self.assertBad("/tmp/s:host:80", "Unix-socket forwards are not supported")
 
-    def test_unix_socket_destination_with_bind(self) -> None:
-        """A path in the host position is rejected even with a bind address."""
-        self.assertBad("a:8080:/tmp/sock:80", "Unix-socket forwards are not supported")
+class OtherFormsTests(SynchronousTestCase):
+    """OpenSSH's Unix-socket and dynamic -R forms, parsed and rendered back."""
+
+    def test_forms(self) -> None:
+        """Each form gives the fields it names, and renders back as written."""
+        cases = {
+            "8080": RemoteForward(8080, "", 0, dynamic=True),
+            "127.0.0.1:1080": RemoteForward(1080, "", 0, "127.0.0.1", dynamic=True),
+            "8080:/tmp/app.sock": RemoteForward(8080, "", 0, host_path="/tmp/app.sock"),
+            "a:8080:/tmp/app.sock": RemoteForward(8080, "", 0, "a", host_path="/tmp/app.sock"),
+            "/tmp/r.sock:localhost:80": RemoteForward(
+                0, "localhost", 80, listen_path="/tmp/r.sock"
+            ),
+            "/tmp/r.sock:/tmp/l.sock": RemoteForward(
+                0, "", 0, listen_path="/tmp/r.sock", host_path="/tmp/l.sock"
+            ),
+        }
+        for text, expected in cases.items():
+            forward = parse_remote_forward(text)
+            self.assertEqual(forward, expected, text)
+            self.assertEqual(str(forward), text)
+            self.assertFalse(forward.is_tcp)
+        self.assertTrue(parse_remote_forward("8080:h:80").is_tcp)
 
 
 class RemoteForwardTests(SynchronousTestCase):

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from twisted_rfwd.client.config import HostKeyPolicy
 from twisted_rfwd.client.identity import DEFAULT_IDENTITY_NAMES
-from twisted_rfwd.errors import ConfigError
+from twisted_rfwd.errors import BadForwardSpec, ConfigError
 from twisted_rfwd.protocol.algorithms import (
     CIPHERS,
     KEY_EXCHANGES,
@@ -138,6 +138,9 @@ def resolve(command: CommandLine, local: Local, sources: Sources) -> Settings:
         forward = parse_remote_forward(f"{entry.args[0]}:{entry.args[1]}")
         if forward not in forwards:  # ssh adds each forward once
             forwards.append(forward)
+    for forward in forwards:
+        if not forward.is_tcp:
+            raise BadForwardSpec(str(forward), "Unix-socket and dynamic forwards are not supported")
 
     identity_files = [
         IdentityPath(

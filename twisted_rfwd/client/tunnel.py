@@ -27,7 +27,7 @@ from twisted_rfwd.client.forwards import ForwardState, ForwardStatus, ForwardTab
 from twisted_rfwd.client.interfaces import ITransportOwner
 from twisted_rfwd.client.known_hosts import KnownHosts
 from twisted_rfwd.client.transport import ClientTransport
-from twisted_rfwd.errors import ConnectionClosed, ForwardRefused, RfwdError
+from twisted_rfwd.errors import BadForwardSpec, ConnectionClosed, ForwardRefused, RfwdError
 from twisted_rfwd.protocol.spec import RemoteForward
 from twisted_rfwd.ssh.mux import GlobalRequestFailed
 from twisted_rfwd.ssh.outcome import Outcome
@@ -53,6 +53,11 @@ class Tunnel:
     def __init__(self, reactor: Any, config: ClientConfig) -> None:
         self.reactor = reactor
         self.config = config
+        for forward in config.forwards:
+            if not forward.is_tcp:
+                raise BadForwardSpec(
+                    str(forward), "Unix-socket and dynamic forwards are not supported"
+                )
         self.forwards = ForwardTable(config.forwards)
         self.known_hosts = KnownHosts(
             config.known_hosts, config.strict_host_key_checking, config.host, config.port
