@@ -178,7 +178,9 @@ class ForwardRefused(RfwdError):
         self.spec = spec
 
     def __str__(self) -> str:
-        return f"remote port forwarding failed for listen port {self.spec}"
+        # ssh's words: a Unix-socket forward (its spec starts with the path) is a "listen path".
+        what = "path" if self.spec.startswith("/") else "port"
+        return f"remote port forwarding failed for listen {what} {self.spec}"
 
 
 class ChannelOpenFailed(RfwdError):

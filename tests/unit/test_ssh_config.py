@@ -132,6 +132,22 @@ class ConfigTestCase(SynchronousTestCase):
 class HostTests(ConfigTestCase):
     """C{Host} blocks."""
 
+    def test_other_remote_forward_forms(self) -> None:
+        """RemoteForward with one argument is dynamic (SOCKS); paths are Unix sockets, as ssh."""
+        self.user_file(
+            "Host t\n  RemoteForward 1080\n  RemoteForward /r.sock localhost:80\n"
+            "  RemoteForward 8080 /l.sock\n"
+        )
+        s = resolve(CommandLine("t"), self.local, self.sources())
+        self.assertEqual(
+            s.forwards,
+            [
+                RemoteForward(1080, "", 0, dynamic=True),
+                RemoteForward(0, "localhost", 80, listen_path="/r.sock"),
+                RemoteForward(8080, "", 0, host_path="/l.sock"),
+            ],
+        )
+
     def test_alias(self) -> None:
         """A block for the name given applies; one for another name does not."""
         self.user_file("Host other\n  Port 1\nHost tunnel\n  HostName h.example\n  Port 2\n")
@@ -451,7 +467,6 @@ class ErrorTests(ConfigTestCase):
             "ConnectionAttempts 0": "ConnectionAttempts must be 1 or more",
             "Ciphers aes128-xyz": "Bad Ciphers 'aes128-xyz'",
             "RekeyLimit 1": "RekeyLimit: the size must be at least 16 bytes",
-            "RemoteForward 8080": "RemoteForward: dynamic (SOCKS) remote forwards are not",
             "RemoteForward 8080 host": "Bad remote forwarding specification '8080:host'",
             "LogLevel loud": "unsupported log level 'loud'",
             "AddressFamily ipx": "AddressFamily must be any, inet or inet6",

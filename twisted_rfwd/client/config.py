@@ -9,16 +9,30 @@ accumulate.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING, Any
 
 from twisted_rfwd.client.identity import Identity
 from twisted_rfwd.errors import ConfigError
 from twisted_rfwd.protocol.algorithms import PUBLIC_KEY_ALGORITHMS
 from twisted_rfwd.protocol.settings import SharedSettings
+from twisted_rfwd.protocol.socks import RemoteOpenPolicy
 from twisted_rfwd.protocol.spec import RemoteForward
 
-__all__ = ["ClientConfig", "HostKeyPolicy", "SSHOptions"]
+if TYPE_CHECKING:
+    from twisted_rfwd.protocol.wire import ForwardedTcpip
+    from twisted_rfwd.ssh.channel import Channel
+
+__all__ = ["ChannelHandler", "ClientConfig", "HostKeyPolicy", "SSHOptions"]
+
+ChannelHandler = Callable[[RemoteForward, "ForwardedTcpip", "Channel"], Any]
+"""
+Takes a forwarded channel instead of connecting to the forward's destination (the C{rfwd:}
+endpoint): attaches a local stream and returns (or fires a Deferred) to confirm, raises
+L{twisted_rfwd.errors.ChannelOpenFailed} to refuse.
+"""
 
 
 class HostKeyPolicy(Enum):
@@ -85,6 +99,10 @@ class ClientConfig(SharedSettings):
     reconnect_initial_delay: float = 1.0
     reconnect_max_delay: float = 60.0
     status_file: str | None = None
+    # PermitRemoteOpen: where a dynamic forward's SOCKS clients may connect (default any).
+    permit_remote_open: RemoteOpenPolicy = field(default_factory=RemoteOpenPolicy)
+    # Forwarded channels go to this instead of their destination (None: connect, as ssh does).
+    channel_handler: ChannelHandler | None = field(default=None, repr=False, compare=False)
 
 
 # OpenSSH spelling of each option we understand, by lower-case name.

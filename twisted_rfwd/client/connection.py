@@ -2,6 +2,11 @@
 The client's C{ssh-connection} service: requests the forwards, and turns each
 C{forwarded-tcpip} channel into a TCP connection to the forward's destination.
 
+OpenSSH's Unix-socket forwards (its PROTOCOL, "streamlocal"): a forward whose server end is a
+socket path is requested with C{streamlocal-forward@openssh.com} and its connections arrive as
+C{forwarded-streamlocal@openssh.com} channels, matched by the path; a forward whose destination
+is a socket path (C{-R port:/local.sock}) connects each channel to that Unix socket.
+
 A channel is matched to its forward by the exact address string we asked for and the real port,
 as OpenSSH does, and refused otherwise, even on a port we forward; it is confirmed only once the
 destination accepted the connection, and a failed connect is answered with C{CONNECT_FAILED} and
@@ -13,16 +18,18 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IConnector
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Interface
 
 from twisted_rfwd.client.config import ClientConfig
 from twisted_rfwd.client.connect_errors import connect_error_text
 from twisted_rfwd.client.interfaces import IConnectionOwner
+from twisted_rfwd.client.socks import accept_socks_channel
 from twisted_rfwd.errors import ChannelOpenFailed
 from twisted_rfwd.protocol import wire
 from twisted_rfwd.protocol.addresses import host_port
@@ -35,6 +42,7 @@ from twisted_rfwd.ssh.relay import ChannelRelay
 __all__ = [
     "DESTINATION_CONNECT_TIMEOUT",
     "ForwardingClientConnection",
+    "IStreamLocalOwner",
     "connect_destination",
     "connect_error_text",
 ]
@@ -92,6 +100,20 @@ class _DestinationFactory(ClientFactory):
             self.result.errback(reason)
 
 
+class IStreamLocalOwner(Interface):
+    """An owner (L{IConnectionOwner}) that also has forwards listening on Unix sockets."""
+
+    def forward_for_path(path: str) -> RemoteForward | None:
+        """The listening forward a C{forwarded-streamlocal} channel for C{path} belongs to."""
+
+
+def connect_socket(reactor: Any, path: str, channel: Channel) -> Deferred[ChannelRelay]:
+    """Connect a forward's Unix-socket destination and relay C{channel} there."""
+    factory = _DestinationFactory(channel)
+    factory.connector = reactor.connectUNIX(path, factory, timeout=DESTINATION_CONNECT_TIMEOUT)
+    return factory.result
+
+
 def connect_destination(
     reactor: Any, host: str, port: int, channel: Channel
 ) -> Deferred[ChannelRelay]:
@@ -137,7 +159,12 @@ class ForwardingClientConnection(ChannelMux):
         return len(self.channels)
 
     def request_forward(self, spec: RemoteForward) -> Deferred[int]:
-        """Ask for one forward; fires with the port the server listens on."""
+        """Ask for one forward; fires with the port the server listens on (0 for a socket)."""
+        if spec.listen_path is not None:
+            asked = self.send_global_request(
+                b"streamlocal-forward@openssh.com", wire.StreamlocalForward(spec.listen_path).pack()
+            )
+            return asked.addCallback(lambda _: 0)
         d = self.send_global_request(
             b"tcpip-forward", wire.TcpipForward(spec.request_address, spec.listen_port).pack()
         )
@@ -146,6 +173,11 @@ class ForwardingClientConnection(ChannelMux):
         return d.addCallback(lambda _: spec.listen_port)
 
     def cancel_forward(self, spec: RemoteForward, port: int) -> Deferred[bytes]:
+        if spec.listen_path is not None:
+            return self.send_global_request(
+                b"cancel-streamlocal-forward@openssh.com",
+                wire.StreamlocalForward(spec.listen_path).pack(),
+            )
         return self.send_global_request(
             b"cancel-tcpip-forward", wire.TcpipForward(spec.request_address, port).pack()
         )
@@ -166,11 +198,13 @@ class ForwardingClientConnection(ChannelMux):
     def channel_open_requested(
         self, channel_type: bytes, data: bytes, channel: Channel
     ) -> Deferred[Any]:
+        if channel_type == b"forwarded-streamlocal@openssh.com":
+            return self._open_streamlocal(wire.ForwardedStreamlocal.parse(data), channel)
         if channel_type != b"forwarded-tcpip":
             raise ChannelOpenFailed(
                 wire.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                f"rfwd-client accepts only forwarded-tcpip channels, not "
-                f"{channel_type.decode('ascii', 'replace')}",
+                f"rfwd-client accepts only forwarded-tcpip and forwarded-streamlocal channels, "
+                f"not {channel_type.decode('ascii', 'replace')}",
             )
         request = wire.ForwardedTcpip.parse(data)
         if not self._accepting:
@@ -187,20 +221,64 @@ class ForwardingClientConnection(ChannelMux):
                 port=request.connected_port,
             )
             raise ChannelOpenFailed(wire.OPEN_ADMINISTRATIVELY_PROHIBITED, "unknown listen_port")
+        if spec.dynamic:
+            # -R [bind:]port: we are the SOCKS server; the request is the channel's data.
+            reactor = self.reactor
+            return accept_socks_channel(
+                reactor,
+                channel,
+                self._config.permit_remote_open,
+                lambda host, port, ch: connect_destination(reactor, host, port, ch),
+                host_port(request.originator_address, request.originator_port),
+                request.connected_port,
+            )
         return self._connect(spec, request, channel)
 
     def _connect(
         self, spec: RemoteForward, request: wire.ForwardedTcpip, channel: Channel
     ) -> Deferred[Any]:
-        d: Deferred[Any] = connect_destination(self.reactor, spec.host, spec.host_port, channel)
+        handler = self._config.channel_handler
+        if handler is not None:
+            # An rfwd: endpoint: the channel goes to a protocol in this process.
+            handled: Deferred[Any] = maybeDeferred(handler, spec, request, channel)
+            return handled
+        origin = host_port(request.originator_address, request.originator_port)
+        where = f"from {origin} on remote port {request.connected_port}"
+        return self._connect_to(spec, where, channel)
+
+    def _open_streamlocal(
+        self, request: wire.ForwardedStreamlocal, channel: Channel
+    ) -> Deferred[Any]:
+        """A connection to a socket the server listens on for us (C{-R /remote.sock:...})."""
+        if not self._accepting:
+            raise ChannelOpenFailed(
+                wire.OPEN_ADMINISTRATIVELY_PROHIBITED, "rfwd-client is stopping"
+            )
+        owner = IStreamLocalOwner(self._owner, None)
+        spec = owner.forward_for_path(request.path) if owner is not None else None
+        if spec is None:
+            # As ssh: only a path we asked for, never any other.
+            self._log.warn(
+                "Refused forwarded connection: the server requests forwarding for unknown "
+                "Unix socket {path}",
+                path=_bounded_repr(request.path),
+            )
+            raise ChannelOpenFailed(wire.OPEN_ADMINISTRATIVELY_PROHIBITED, "unknown listen path")
+        return self._connect_to(spec, f"on remote socket {spec.listen_path}", channel)
+
+    def _connect_to(self, spec: RemoteForward, where: str, channel: Channel) -> Deferred[Any]:
+        """Connect the forward's destination (a host and port, or a Unix socket)."""
+        d: Deferred[Any]
+        if spec.host_path is not None:
+            d = connect_socket(self.reactor, spec.host_path, channel)
+        else:
+            d = connect_destination(self.reactor, spec.host, spec.host_port, channel)
 
         def failed(failure: Failure) -> Failure:
             reason = connect_error_text(failure)
             self._log.warn(
-                "Forwarded connection from {origin} on remote port {port}: connect to "
-                "{destination} failed: {reason}",
-                origin=host_port(request.originator_address, request.originator_port),
-                port=request.connected_port,
+                "Forwarded connection {where}: connect to {destination} failed: {reason}",
+                where=where,
                 destination=spec.destination,
                 reason=reason,
             )

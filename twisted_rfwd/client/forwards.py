@@ -110,8 +110,19 @@ class ForwardTable(Sequence[ForwardState]):
         for state in self._states:
             if (
                 state.status is ForwardStatus.LISTENING
+                and state.spec.listen_path is None
                 and state.port == port
                 and state.spec.request_address == address
             ):
+                return state.spec
+        return None
+
+    def forward_for_path(self, path: str) -> RemoteForward | None:
+        """
+        The listening forward a C{forwarded-streamlocal@openssh.com} channel belongs to, or
+        C{None}: the socket path must be exactly one we asked the server to listen on.
+        """
+        for state in self._states:
+            if state.status is ForwardStatus.LISTENING and state.spec.listen_path == path:
                 return state.spec
         return None

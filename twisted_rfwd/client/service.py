@@ -38,6 +38,7 @@ from twisted_rfwd.client.ready_endpoint import ReadyTunnelEndpoint, tunnel_handl
 from twisted_rfwd.client.status import StatusFile, timestamp
 from twisted_rfwd.client.tunnel import Tunnel, client_endpoint
 from twisted_rfwd.errors import ForwardRefused, RfwdError
+from twisted_rfwd.ssh.metrics import NO_METRICS, Metrics
 
 __all__ = ["TunnelService", "TunnelState"]
 
@@ -68,8 +69,10 @@ class TunnelService(Service):
         on_fatal: Callable[[RfwdError], None],
         endpoint: IStreamClientEndpoint | None = None,
         on_status: Callable[[dict[str, Any]], None] | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.reactor = reactor
+        self.metrics = metrics
         self.config = config
         self.on_fatal = on_fatal
         self.on_status = on_status
@@ -203,6 +206,7 @@ class TunnelService(Service):
         if not self._ended:
             if self.state is TunnelState.CONNECTED:
                 self._set_state(TunnelState.DISCONNECTED)
+            self.metrics.client_reconnecting()
             _log.info("Next connection attempt in {delay:.1f} s", delay=delay)
         return delay
 
@@ -236,6 +240,7 @@ class TunnelService(Service):
         if state != self.state:
             self.state = state
             self._since = self.reactor.seconds()
+            self.metrics.client_state(state.value)
         self._write_status()
 
     def snapshot(self) -> dict[str, Any]:
@@ -268,6 +273,12 @@ class TunnelService(Service):
         }
 
     def _write_status(self) -> None:
+        tunnel = self.tunnel
+        self.metrics.client_forwards_listening(
+            0
+            if tunnel is None
+            else sum(1 for s in tunnel.forwards if s.status is ForwardStatus.LISTENING)
+        )
         if self.status is None and self.on_status is None:
             return
         snapshot = self.snapshot()

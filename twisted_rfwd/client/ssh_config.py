@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from twisted_rfwd.client.config import HostKeyPolicy
 from twisted_rfwd.client.identity import DEFAULT_IDENTITY_NAMES
-from twisted_rfwd.errors import BadForwardSpec, ConfigError
+from twisted_rfwd.errors import ConfigError
 from twisted_rfwd.protocol.algorithms import (
     CIPHERS,
     KEY_EXCHANGES,
@@ -26,6 +26,7 @@ from twisted_rfwd.protocol.algorithms import (
     PUBLIC_KEY_ALGORITHMS,
     choose,
 )
+from twisted_rfwd.protocol.socks import RemoteOpenPolicy
 from twisted_rfwd.protocol.spec import RemoteForward, parse_remote_forward
 from twisted_rfwd.protocol.ssh_config import (
     COMMAND_LINE,
@@ -109,6 +110,8 @@ class Settings:
     address_family: str
     bind_address: str | None
     log_level: str | None
+    # PermitRemoteOpen, checked: where dynamic forwards' SOCKS clients may connect.
+    permit_remote_open: RemoteOpenPolicy = field(default_factory=RemoteOpenPolicy)
 
     @property
     def default_identities(self) -> bool:
@@ -135,12 +138,10 @@ def resolve(command: CommandLine, local: Local, sources: Sources) -> Settings:
 
     forwards = [parse_remote_forward(spec) for spec in command.forwards]
     for entry in config.entries("RemoteForward"):
-        forward = parse_remote_forward(f"{entry.args[0]}:{entry.args[1]}")
+        forward = parse_remote_forward(":".join(entry.args))  # one argument: dynamic
         if forward not in forwards:  # ssh adds each forward once
             forwards.append(forward)
-    for forward in forwards:
-        if not forward.is_tcp:
-            raise BadForwardSpec(str(forward), "Unix-socket and dynamic forwards are not supported")
+    permit_remote_open = _permit_remote_open(config.entry("PermitRemoteOpen"))
 
     identity_files = [
         IdentityPath(
@@ -185,12 +186,15 @@ def resolve(command: CommandLine, local: Local, sources: Sources) -> Settings:
         address_family=(config.get("AddressFamily") or "any").lower(),
         bind_address=config.get("BindAddress"),
         log_level=(config.get("LogLevel") or "").upper() or None,
+        permit_remote_open=permit_remote_open,
     )
 
 
 def _say_ignored(config: SSHConfig) -> None:
     """Keywords ssh knows and rfwd-client does not act on: named at debug level only."""
     for name, entry in config.ignored_names:
+        if name == "PermitRemoteOpen":  # acted on (dynamic forwards)
+            continue
         _log.debug("{where}: {name} is ignored by rfwd-client", where=entry.where, name=name)
     for entry in config.ignored:
         _log.debug(
@@ -206,6 +210,16 @@ def _say_ignored(config: SSHConfig) -> None:
                 where=accepted.where,
                 name=name,
             )
+
+
+def _permit_remote_open(entry: Entry | None) -> RemoteOpenPolicy:
+    """C{PermitRemoteOpen}, checked as ssh does; an error names the file and line."""
+    if entry is None:
+        return RemoteOpenPolicy()
+    try:
+        return RemoteOpenPolicy.parse(entry.args)
+    except ConfigError as e:
+        raise ConfigError(f"{entry.where}: {e}") from None
 
 
 def _flag(config: SSHConfig, name: str) -> bool:
@@ -347,6 +361,7 @@ def dump(settings: Settings, defaults: dict[str, object]) -> list[str]:
         assert isinstance(known, list)
         user_known = [str(p) for p in known]
     lines.append(f"userknownhostsfile {' '.join(user_known) or 'none'}")
+    lines.append(f"permitremoteopen {' '.join(s.permit_remote_open.words)}")
     lines.append(f"addkeystoagent {_add_keys(config.entry('AddKeysToAgent'))}")
     lines.append(f"connecttimeout {_number(timeout)}")
     lines.append(f"rekeylimit {size or 0} {_number(seconds or 0)}")
@@ -363,7 +378,12 @@ def _forward(forward: RemoteForward) -> str:
     listen = str(forward.listen_port)
     if bind is not None:
         listen = f"[{bind or '*'}]:{listen}"
-    return f"{listen} [{forward.host}]:{forward.host_port}"
+    if forward.listen_path is not None:
+        listen = forward.listen_path
+    if forward.host_path is not None:
+        return f"{listen} {forward.host_path}"
+    host = "socks" if forward.dynamic else forward.host  # ssh's name for a dynamic forward
+    return f"{listen} [{host}]:{forward.host_port}"
 
 
 def _add_keys(entry: Entry | None) -> str:

@@ -22,12 +22,12 @@ from zope.interface import implementer
 
 from twisted_rfwd.client.config import ClientConfig
 from twisted_rfwd.client.connect_errors import connect_failure
-from twisted_rfwd.client.connection import ForwardingClientConnection
+from twisted_rfwd.client.connection import ForwardingClientConnection, IStreamLocalOwner
 from twisted_rfwd.client.forwards import ForwardState, ForwardStatus, ForwardTable
 from twisted_rfwd.client.interfaces import ITransportOwner
 from twisted_rfwd.client.known_hosts import KnownHosts
 from twisted_rfwd.client.transport import ClientTransport
-from twisted_rfwd.errors import BadForwardSpec, ConnectionClosed, ForwardRefused, RfwdError
+from twisted_rfwd.errors import ConnectionClosed, ForwardRefused, RfwdError
 from twisted_rfwd.protocol.spec import RemoteForward
 from twisted_rfwd.ssh.mux import GlobalRequestFailed
 from twisted_rfwd.ssh.outcome import Outcome
@@ -46,18 +46,13 @@ __all__ = [
 _log = Logger()
 
 
-@implementer(ITransportOwner)
+@implementer(ITransportOwner, IStreamLocalOwner)
 class Tunnel:
     """One SSH connection and its remote forwards."""
 
     def __init__(self, reactor: Any, config: ClientConfig) -> None:
         self.reactor = reactor
         self.config = config
-        for forward in config.forwards:
-            if not forward.is_tcp:
-                raise BadForwardSpec(
-                    str(forward), "Unix-socket and dynamic forwards are not supported"
-                )
         self.forwards = ForwardTable(config.forwards)
         self.known_hosts = KnownHosts(
             config.known_hosts, config.strict_host_key_checking, config.host, config.port
@@ -160,6 +155,10 @@ class Tunnel:
         """The listening forward a C{forwarded-tcpip} channel belongs to, or C{None}."""
         return self.forwards.forward_for(address, port)
 
+    def forward_for_path(self, path: str) -> RemoteForward | None:
+        """The listening forward a C{forwarded-streamlocal} channel belongs to, or C{None}."""
+        return self.forwards.forward_for_path(path)
+
     # -- ITransportOwner: fed by the protocol objects -----------------------------------------
 
     def transport_connected(self, transport: ClientTransport) -> None:
@@ -200,7 +199,13 @@ class Tunnel:
         def listening(port: int) -> ForwardState:
             state.listening(port)
             self.on_change()
-            if spec.listen_port == 0:
+            if spec.listen_path is not None:
+                _log.info(
+                    "Remote forward: server socket {path} to {destination}",
+                    path=spec.listen_path,
+                    destination=spec.destination,
+                )
+            elif spec.listen_port == 0:
                 _log.info(
                     "Allocated port {port} for remote forward to {destination}",
                     port=port,

@@ -676,13 +676,8 @@ def _check(name: str, args: Sequence[str]) -> None:
         except ConfigError as e:
             raise ValueError(str(e)) from None
     elif name == "RemoteForward":
-        if len(args) < 2:
-            raise ValueError(
-                "RemoteForward: dynamic (SOCKS) remote forwards are not supported; "
-                "give [bind_address:]port host:hostport"
-            )
         try:
-            parse_remote_forward(f"{args[0]}:{args[1]}")
+            parse_remote_forward(":".join(args[:2]))
         except ConfigError as e:
             raise ValueError(str(e)) from None
     elif name in ("UserKnownHostsFile", "GlobalKnownHostsFile"):

@@ -226,6 +226,14 @@ def _tcp_forwarding(name: str, args: list[str]) -> bool:
     return value in ("yes", "all", "remote")
 
 
+def _stream_local_bind_mask(name: str, args: list[str]) -> int:
+    """An octal umask of at most 0777, as sshd reads it."""
+    text = _one(name, args)
+    if not text or any(c not in "01234567" for c in text) or int(text, 8) > 0o777:
+        raise ConfigError(f"{name}: bad mask '{text}' (an octal number up to 0777)")
+    return int(text, 8)
+
+
 def _gateway_ports(name: str, args: list[str]) -> GatewayPorts:
     return GatewayPorts.parse(_one(name, args))
 
@@ -291,6 +299,9 @@ _TABLE = [
     Keyword("DenyGroups", "deny_groups", True, _patterns, adds_up=True),
     Keyword("AllowTcpForwarding", "allow_tcp_forwarding", True, _tcp_forwarding),
     Keyword("GatewayPorts", "gateway_ports", True, _gateway_ports),
+    Keyword("AllowStreamLocalForwarding", "allow_stream_local_forwarding", True, _tcp_forwarding),
+    Keyword("StreamLocalBindMask", "stream_local_bind_mask", True, _stream_local_bind_mask),
+    Keyword("StreamLocalBindUnlink", "stream_local_bind_unlink", True, _flag),
     Keyword("PermitListen", "permit_listen", True, _permit_listen),
     Keyword("ClientAliveInterval", "client_alive_interval", True, _time),
     Keyword("ClientAliveCountMax", "client_alive_count_max", True, _count),
@@ -368,7 +379,7 @@ SSHD_ONLY_KEYWORDS: dict[str, bool] = {
         permituserrc permitopen forcecommand chrootdirectory ipqos authorizedkeyscommand
         authorizedkeyscommanduser authorizedprincipalscommand authorizedprincipalscommanduser
         authenticationmethods
-        streamlocalbindmask streamlocalbindunlink allowstreamlocalforwarding disableforwarding
+        disableforwarding
         exposeauthinfo rdomain casignaturealgorithms requiredrsasize channeltimeout
         unusedconnectiontimeout"""
         ),

@@ -178,6 +178,56 @@ class ForwardedTcpip:
         )
 
 
+def _path(raw: bytes) -> str:
+    """A Unix socket path off the wire: any bytes but NUL, kept exactly (surrogateescape)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _pack_path(path: str) -> bytes:
+    return pack_string(path.encode("utf-8", "surrogateescape"))
+
+
+@dataclass(frozen=True)
+class StreamlocalForward:
+    """
+    The body of C{streamlocal-forward@openssh.com} and C{cancel-streamlocal-forward@openssh.com}
+    (OpenSSH's PROTOCOL 2.4): the Unix socket path the server is to listen on.
+    """
+
+    path: str
+
+    @classmethod
+    def parse(
+        cls, data: bytes, what: str = "streamlocal-forward@openssh.com request"
+    ) -> StreamlocalForward:
+        return cls(_path(Reader(data, what).string()))
+
+    def pack(self) -> bytes:
+        return _pack_path(self.path)
+
+
+@dataclass(frozen=True)
+class ForwardedStreamlocal:
+    """
+    The type-specific part of a C{forwarded-streamlocal@openssh.com} channel open: the socket
+    path of the forward, and a reserved string (sent empty, ignored when received).
+    """
+
+    path: str
+    reserved: bytes = b""
+
+    @classmethod
+    def parse(cls, data: bytes) -> ForwardedStreamlocal:
+        r = Reader(data, "forwarded-streamlocal@openssh.com channel open")
+        path = _path(r.string())
+        # OpenSSH reads the reserved string; older peers might leave it out.
+        reserved = r.string() if r.remaining else b""
+        return cls(path, reserved)
+
+    def pack(self) -> bytes:
+        return _pack_path(self.path) + pack_string(self.reserved)
+
+
 @dataclass(frozen=True)
 class ChannelOpen:
     channel_type: bytes

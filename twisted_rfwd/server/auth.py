@@ -72,6 +72,7 @@ from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.passwords import MAXIMUM_USER_NAME, PasswordAttempt, PasswordLogin
 from twisted_rfwd.server.sk_keys import verify_sk_signature
 from twisted_rfwd.ssh.fingerprint import fingerprint
+from twisted_rfwd.ssh.metrics import auth_method
 from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
 
 __all__ = [
@@ -567,6 +568,8 @@ class ServerUserAuth(SSHUserAuthServer):
             _log.failure("Error checking a login for {user}", failure=reason, user=self._user())
         if self.attempts > 1 or self.method != b"none":
             self.failures += 1
+            if isinstance(self.transport, TransportMixin):
+                self.transport.metrics.auth_failed(auth_method(self.method))
         if self.failures >= self.max_auth_tries:
             _log.info(
                 "Maximum authentication attempts ({count}) exceeded for {user} from {peer}; "

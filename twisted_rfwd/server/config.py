@@ -59,6 +59,12 @@ class ServerConfig(SharedSettings):
     deny_groups: list[str] = field(default_factory=list)
     # sshd's AllowTcpForwarding: yes/all or remote allow -R; no/local refuse it.
     allow_tcp_forwarding: bool = True
+    # sshd's AllowStreamLocalForwarding (yes/all or remote allow Unix-socket -R; no/local refuse
+    # it), StreamLocalBindMask (the umask the socket file is created with) and
+    # StreamLocalBindUnlink (remove an existing socket file first, or refuse the forward).
+    allow_stream_local_forwarding: bool = True
+    stream_local_bind_mask: int = 0o177
+    stream_local_bind_unlink: bool = False
     # sshd's Banner: a file sent before authentication (None: none).
     banner: str | None = None
     # sshd's HostKeyAlgorithms and PubkeyAcceptedAlgorithms (signature algorithm names).

@@ -20,6 +20,8 @@ from twisted.conch.ssh.factory import SSHFactory
 from twisted.conch.ssh.service import SSHService
 from twisted.conch.ssh.transport import (
     DISCONNECT_BY_APPLICATION,
+    DISCONNECT_CONNECTION_LOST,
+    DISCONNECT_KEY_EXCHANGE_FAILED,
     DISCONNECT_PROTOCOL_ERROR,
     SSHServerTransport,
 )
@@ -47,6 +49,7 @@ from twisted_rfwd.server.descriptors import DescriptorBudget, ForwardCounts
 from twisted_rfwd.server.host_keys import host_key_tables
 from twisted_rfwd.server.listeners import PortBinder, SocketBinder
 from twisted_rfwd.server.passwords import PasswordChecker
+from twisted_rfwd.ssh.metrics import NO_METRICS, Metrics
 from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
 
 __all__ = ["ForwardingServerFactory", "MatchHook", "ServerTransport"]
@@ -65,6 +68,9 @@ class ServerTransport(TransportMixin, SSHServerTransport):
     # What server-sig-algs announces: the configured PubkeyAcceptedAlgorithms.
     pubkey_algorithms: list[bytes] = PUBLIC_KEY_ALGORITHMS
     descriptors: DescriptorBudget | None = None
+    # For metrics: whether it logged in, and why it ended (see twisted_rfwd.ssh.metrics).
+    logged_in = False
+    disconnect_reason: str | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -81,6 +87,7 @@ class ServerTransport(TransportMixin, SSHServerTransport):
             peer=self._peer(),
             seconds=self.login_grace_time,
         )
+        self.disconnect_reason = "login_grace_time"
         self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"login grace time exceeded")
         if self.transport is not None:
             self.transport.abortConnection()
@@ -88,6 +95,7 @@ class ServerTransport(TransportMixin, SSHServerTransport):
     def setService(self, service: Any) -> None:
         if isinstance(service, ForwardingServerConnection):
             # Logged in: no longer one of MaxStartups' unauthenticated connections.
+            self.logged_in = True
             self._release_startup()
             if self._grace is not None:
                 if self._grace.active():
@@ -109,9 +117,19 @@ class ServerTransport(TransportMixin, SSHServerTransport):
         if descriptors is not None:
             descriptors.release_connection()
         super().connectionLost(reason)
+        self.metrics.ssh_connection_closed(
+            self.disconnect_reason or "connection_lost", self.logged_in
+        )
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        if self.disconnect_reason is None:
+            self.disconnect_reason = _disconnect_reason(reason, desc, self.factory)
+        super().sendDisconnect(reason, desc)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         # A client saying goodbye is not an error on our side.
+        if self.disconnect_reason is None:
+            self.disconnect_reason = "peer"
         self._log.info(
             "{peer} disconnected: {reason} (code {code})",
             peer=self._peer(),
@@ -144,6 +162,22 @@ class _Dropped(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._descriptors.release_connection()
+
+
+def _disconnect_reason(code: int, description: bytes, factory: object) -> str:
+    """Why we disconnect, as one of the metrics' few reasons."""
+    if description == b"Too many authentication failures":
+        return "auth_failures"
+    if code == DISCONNECT_BY_APPLICATION and getattr(factory, "shutting_down", False):
+        return "shutdown"
+    return _DISCONNECT_CODES.get(code, "by_application")
+
+
+_DISCONNECT_CODES = {
+    DISCONNECT_PROTOCOL_ERROR: "protocol_error",
+    DISCONNECT_KEY_EXCHANGE_FAILED: "key_exchange_failed",
+    DISCONNECT_CONNECTION_LOST: "keepalive_timeout",
+}
 
 
 MatchHook = Callable[[ServerConfig, str, str | None, str | None, int | None], ServerConfig]
@@ -183,18 +217,22 @@ class ForwardingServerFactory(SSHFactory):
         descriptors: DescriptorBudget | None = None,
         random_below: Callable[[int], int] | None = None,
         match: MatchHook | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         """
         @param descriptors: the budget to share (default: measured from this process).
         @param random_below: C{n -> [0, n)} for MaxStartups' random early drop (tests).
         @param match: per-connection settings (sshd's Match blocks), e.g. a
             L{twisted_rfwd.server.config_file.MatchRules}: see L{config_for}.
+        @param metrics: hears what happens, for operators (L{twisted_rfwd.ssh.metrics}); may be
+            set later, before the first connection.
         """
         if not config.host_keys:
             raise ValueError("ServerConfig.host_keys is empty: a server needs a host key")
         self.reactor: IReactorTime = reactor
         self.config = config
         self.match = match
+        self.metrics = metrics
         self.binder: PortBinder = (
             binder if binder is not None else SocketBinder(IReactorSocket(reactor))
         )
@@ -238,12 +276,16 @@ class ForwardingServerFactory(SSHFactory):
         if not self.descriptors.acquire_connection():
             # None: Twisted closes the socket at once, without a write to wait for.
             self.descriptor_refusals.event("no descriptor", f"from {source}")
+            self.metrics.ssh_connection_refused(max_startups=False)
             return None
         startup = self.startups.admit(source)
         if startup is None:
+            self.metrics.ssh_connection_refused(max_startups=True)
             return _Dropped(self.descriptors)
         transport = super().buildProtocol(addr)
         assert isinstance(transport, ServerTransport)
+        transport.metrics = self.metrics
+        self.metrics.ssh_connection_opened()
         transport.startup = startup
         transport.descriptors = self.descriptors
         # A certificate algorithm is offered when its plain algorithm is allowed; certificates
@@ -339,5 +381,6 @@ class ForwardingServerFactory(SSHFactory):
                 self.connections,
                 self.descriptors,
                 self.forward_counts,
+                metrics=self.metrics,
             )
         return None

@@ -5,15 +5,25 @@ One L{ForwardListener} per C{tcpip-forward}: it may hold a socket per address fa
 port (sshd's behaviour), and each connection it accepts becomes a C{forwarded-tcpip} channel.
 Sockets are bound as sshd binds them (C{SO_REUSEADDR}, C{IPV6_V6ONLY}) and then adopted by the
 reactor; the binder is injectable so tests need no sockets.
+
+One L{StreamLocalListener} per C{streamlocal-forward@openssh.com}: a Unix socket file created
+with sshd's C{StreamLocalBindMask} as umask, each connection a C{forwarded-streamlocal} channel.
+Unlike sshd, which leaves the file behind, closing the listener removes the file (if it is still
+the one we created).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import stat
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from twisted.internet import tcp, unix
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger, LogLevel
@@ -21,16 +31,28 @@ from twisted.python.failure import Failure
 
 from twisted_rfwd.errors import BindError
 from twisted_rfwd.protocol.addresses import describe_address, host_port
+from twisted_rfwd.protocol.messages import loggable
 from twisted_rfwd.protocol.policy import is_ip_literal
-from twisted_rfwd.protocol.wire import ForwardedTcpip
+from twisted_rfwd.protocol.wire import ForwardedStreamlocal, ForwardedTcpip
 from twisted_rfwd.ssh.channel import Channel
+from twisted_rfwd.ssh.metrics import NO_METRICS, Metrics
 from twisted_rfwd.ssh.relay import ChannelRelay
 
 if TYPE_CHECKING:
     from twisted_rfwd.server.descriptors import DescriptorBudget
     from twisted_rfwd.ssh.mux import ChannelMux
 
-__all__ = ["BindError", "ForwardListener", "PortBinder", "SocketBinder", "bind_forward"]
+__all__ = [
+    "BindError",
+    "ForwardListener",
+    "PortBinder",
+    "SocketBinder",
+    "SocketFileBinder",
+    "SocketFileSource",
+    "StreamLocalListener",
+    "UnixSocketBinder",
+    "bind_forward",
+]
 
 _log = Logger()
 
@@ -48,6 +70,10 @@ class SocketBinder:
         self._reactor = reactor
         self._backlog = backlog
 
+    def socket_file_binder(self) -> SocketFileBinder:
+        """Unix sockets on the same reactor (see L{SocketFileSource})."""
+        return UnixSocketBinder(self._reactor)
+
     def __call__(self, factory: ServerFactory, address: str, port: int) -> IListeningPort:
         if not is_ip_literal(address):
             raise OSError(f"'{address}' is not a numeric address")
@@ -63,6 +89,83 @@ class SocketBinder:
             return self._reactor.adoptStreamPort(sock.fileno(), family, factory)
         finally:
             sock.close()
+
+
+class SocketFileBinder(Protocol):
+    """
+    Listens with C{factory} on a Unix socket file at C{path}, created with C{mask} as umask;
+    C{unlink_first} removes an existing socket file there first.  Raises L{OSError}.
+    """
+
+    def __call__(
+        self, factory: ServerFactory, path: str, mask: int, unlink_first: bool
+    ) -> IListeningPort: ...
+
+
+@runtime_checkable
+class SocketFileSource(Protocol):
+    """
+    A port binder that can also make Unix sockets.  Only a binder that makes real sockets says
+    so: with a test's fake one, no socket file is ever created by a request off the wire.
+    """
+
+    def socket_file_binder(self) -> SocketFileBinder: ...
+
+
+class _SocketFilePort(unix.Port):
+    """
+    Twisted's Unix port, except that closing it removes the socket file only if it is still
+    ours (a later forward with StreamLocalBindUnlink may have replaced it, or someone removed
+    it), and never fails for a file already gone.
+    """
+
+    identity: tuple[int, int] | None = None
+
+    def startListening(self) -> None:
+        super().startListening()
+        with contextlib.suppress(OSError):
+            found = os.lstat(self._bindPath)
+            self.identity = (found.st_dev, found.st_ino)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.identity is not None:
+            with contextlib.suppress(OSError):
+                found = os.lstat(self._bindPath)
+                if (found.st_dev, found.st_ino) == self.identity:
+                    os.unlink(self._bindPath)
+        tcp.Port.connectionLost(self, reason)
+
+
+class UnixSocketBinder:
+    """The real socket file binder (sshd's C{unix_listener}), on a POSIX reactor."""
+
+    def __init__(self, reactor: object, backlog: int = socket.SOMAXCONN) -> None:
+        self._reactor = reactor
+        self._backlog = backlog
+
+    def __call__(
+        self, factory: ServerFactory, path: str, mask: int, unlink_first: bool
+    ) -> IListeningPort:
+        if unlink_first:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
+        # The file is created by bind() with the mode the umask leaves (sshd's way: no moment
+        # with a wider mode); Twisted's chmod afterwards sets that same mode again.
+        port = _SocketFilePort(
+            os.fsencode(path), factory, self._backlog, 0o777 & ~mask, self._reactor
+        )
+        previous = os.umask(mask)
+        try:
+            port.startListening()
+        except CannotListenError as e:
+            error = e.socketError
+            if isinstance(error, OSError):
+                raise error from None
+            raise OSError(str(error)) from None
+        finally:
+            os.umask(previous)
+        return port
 
 
 class Note(Protocol):
@@ -88,6 +191,8 @@ class ForwardListener:
         max_channels: int | None = None,
     ) -> None:
         self.mux = mux
+        # Set by the connection once the forward listens (see L{twisted_rfwd.ssh.metrics}).
+        self.metrics: Metrics = NO_METRICS
         self.descriptors = descriptors
         self.max_channels = max_channels
         self.note: Note = note if note is not None else _note_always
@@ -97,10 +202,41 @@ class ForwardListener:
         self.ports: list[IListeningPort] = []
         self.addresses: list[str] = []
         self.connections = 0
+        # For the status file and metrics: connections open now, and the bytes of those ended.
+        self.open_connections: set[ForwardedConnection] = set()
+        self._ended_sent = 0
+        self._ended_received = 0
+
+    def connection_opened(self, connection: ForwardedConnection) -> None:
+        self.open_connections.add(connection)
+        self.metrics.forwarded_connection_opened()
+
+    def connection_closed(self, connection: ForwardedConnection, channel: Channel) -> None:
+        self.open_connections.discard(connection)
+        self._ended_sent += channel.bytes_sent
+        self._ended_received += channel.bytes_received
+        self.metrics.forwarded_connection_closed(channel.bytes_sent, channel.bytes_received)
+
+    def bytes_transferred(self) -> tuple[int, int]:
+        """Bytes sent into the tunnel and received from it, by every connection so far."""
+        sent, received = self._ended_sent, self._ended_received
+        for connection in self.open_connections:
+            sent += connection.channel.bytes_sent
+            received += connection.channel.bytes_received
+        return sent, received
 
     def describe(self) -> str:
         """Where it listens, as C{127.0.0.1:8080, [::1]:8080}."""
         return ", ".join(self.addresses)
+
+    @property
+    def target(self) -> str:
+        """What a connection arrived on, for log lines: C{port 8080}."""
+        return f"port {self.port}"
+
+    def describe_peer(self, peer: object) -> str:
+        """Who connected, for log lines."""
+        return describe_address(peer)
 
     def open_channel(self, originator: object) -> Channel:
         """A connection arrived: ask the client for a C{forwarded-tcpip} channel."""
@@ -133,8 +269,9 @@ class ForwardedConnection(ChannelRelay):
             return
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.channel = self.listener.open_channel(peer)
+        self.listener.connection_opened(self)
         super().connectionMade()
-        self.channel.when_opened().addErrback(self._refused, describe_address(peer))
+        self.channel.when_opened().addErrback(self._refused, self.listener.describe_peer(peer))
 
     budget: DescriptorBudget | None = None
 
@@ -143,15 +280,16 @@ class ForwardedConnection(ChannelRelay):
         if budget is not None:
             budget.release_forwarded()
         if hasattr(self, "channel"):
+            self.listener.connection_closed(self, self.channel)
             super().connectionLost(reason)
 
     def _refused(self, failure: Failure, peer: str) -> None:
         self.listener.note(
             "forwarded connections not opened",
             LogLevel.info,
-            "Forwarded connection from {peer} to port {port} of {user} not opened: {reason}",
+            "Forwarded connection from {peer} to {target} of {user} not opened: {reason}",
             peer=peer,
-            port=self.listener.port,
+            target=self.listener.target,
             user=self.listener.user,
             reason=failure.getErrorMessage(),
         )
@@ -178,8 +316,8 @@ class _AcceptFactory(ServerFactory):
             listener.note(
                 "forwarded connections not opened",
                 LogLevel.warn,
-                "Forwarded connection to port {port} of {user} closed at once: {reason}",
-                port=listener.port,
+                "Forwarded connection to {target} of {user} closed at once: {reason}",
+                target=listener.target,
                 user=listener.user,
                 reason=refusal,
             )
@@ -187,6 +325,48 @@ class _AcceptFactory(ServerFactory):
         protocol = ForwardedConnection(self.listener)
         protocol.budget = budget
         return protocol
+
+
+class StreamLocalListener(ForwardListener):
+    """The Unix socket of one C{streamlocal-forward@openssh.com}, and where its connections go."""
+
+    def __init__(
+        self,
+        mux: ChannelMux,
+        path: str,
+        user: str,
+        note: Note | None = None,
+        descriptors: DescriptorBudget | None = None,
+        max_channels: int | None = None,
+    ) -> None:
+        super().__init__(mux, "", user, note, descriptors, max_channels)
+        self.path = path
+
+    def describe(self) -> str:
+        """The path (the client chose it: cut short for log lines)."""
+        return loggable(self.path.encode("utf-8", "surrogateescape"))
+
+    @property
+    def target(self) -> str:
+        return f"socket {self.describe()}"
+
+    def describe_peer(self, peer: object) -> str:
+        return "a local process"
+
+    def open_channel(self, originator: object) -> Channel:
+        """A connection arrived: ask the client for a C{forwarded-streamlocal} channel."""
+        self.connections += 1
+        payload = ForwardedStreamlocal(self.path).pack()
+        return self.mux.open_channel(b"forwarded-streamlocal@openssh.com", payload)
+
+    def bind(self, binder: SocketFileBinder, mask: int, unlink_first: bool) -> None:
+        """Listen on the path; raises L{BindError} saying why not."""
+        try:
+            port = binder(_AcceptFactory(self), self.path, mask, unlink_first)
+        except OSError as e:
+            raise BindError([(self.path, 0, e.strerror or str(e))]) from None
+        self.ports.append(port)
+        self.addresses.append(self.describe())
 
 
 def bind_forward(

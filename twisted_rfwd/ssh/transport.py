@@ -59,6 +59,7 @@ from twisted_rfwd.protocol.wire import (
 )
 from twisted_rfwd.ssh.interfaces import IChannelDataSink, IKeyExchangeObserver, ISSHTransport
 from twisted_rfwd.ssh.kex import HybridKeyExchange, client_choice
+from twisted_rfwd.ssh.metrics import NO_METRICS, Metrics
 from twisted_rfwd.ssh.sockets import ack_promptly, set_tcp_nodelay
 
 __all__ = [
@@ -116,6 +117,8 @@ class TransportMixin(HybridKeyExchange):
     rekey_bytes: int | None = DEFAULT_REKEY_BYTES
     rekey_seconds: float | None = DEFAULT_REKEY_SECONDS
     clock: IReactorTime | None = None
+    # Hears of re-keys (and, on the server, more: see twisted_rfwd.ssh.metrics).
+    metrics: Metrics = NO_METRICS
 
     transport: Any
     isClient: bool
@@ -535,6 +538,8 @@ class TransportMixin(HybridKeyExchange):
         self._opener = self.next_ciphers.opener
         if self._strict:
             self.incomingPacketSequence = 0
+        if not self._initial_kex:
+            self.metrics.rekeyed()
         self._initial_kex = False
         self._blocked_bytes = 0
         self._update_accepting()

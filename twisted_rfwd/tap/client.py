@@ -28,9 +28,11 @@ from twisted_rfwd.client.service import TunnelService
 from twisted_rfwd.client.ssh_config import CommandLine, Settings, dump, resolve
 from twisted_rfwd.errors import ConfigError, KeyLoadError
 from twisted_rfwd.protocol.ssh_config import Local, Sources
+from twisted_rfwd.ssh.metrics import NO_METRICS
 from twisted_rfwd.tap import parsing, sd_notify
 from twisted_rfwd.tap._exit import ExitStatus
 from twisted_rfwd.tap.logs import LoggedService, LogOptions
+from twisted_rfwd.tap.metrics import MetricsService, PrometheusMetrics, metrics_endpoint
 
 __all__ = ["Options", "makeService"]
 
@@ -68,6 +70,13 @@ class Options(LogOptions):
             None,
             None,
             "Keep a JSON status (connection and forwards) in this file, replaced atomically.",
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics over HTTP on this endpoint (tcp:9101; loopback unless it "
+            "names an interface); needs twisted-rfwd[metrics].",
         ],
         ["reconnect-delay", None, "1", "Seconds before the first reconnection attempt."],
         ["reconnect-max-delay", None, "60", "Longest wait between attempts (backoff, jitter)."],
@@ -135,6 +144,8 @@ class Options(LogOptions):
                 self.stdout.flush()
                 raise SystemExit(0)
             self["config"] = build_config(self)
+            if self["metrics"] is not None:
+                self["metrics"] = metrics_endpoint(self["metrics"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -188,6 +199,7 @@ def build_config(options: Options) -> ClientConfig:
         address_family=s.address_family,
         bind_address=s.bind_address,
         status_file=options["status-file"],
+        permit_remote_open=s.permit_remote_open,
         reconnect=not options["no-reconnect"],
         reconnect_initial_delay=parsing.seconds(options["reconnect-delay"], "--reconnect-delay"),
         reconnect_max_delay=parsing.seconds(
@@ -361,12 +373,18 @@ def makeService(options: Options) -> IService:
     r: Any = reactor
     status = ExitStatus(r)
     notifier = sd_notify.Notifier.from_environment(r)
+    metrics = PrometheusMetrics("client") if options["metrics"] is not None else None
     tunnel = TunnelService(
         r,
         options["config"],
         lambda error: status.fail(str(error)),
         on_status=sd_notify.TunnelNotifier(notifier) if notifier.enabled else None,
+        metrics=metrics or NO_METRICS,
     )
     service = LoggedService(tunnel, options)
+    if metrics is not None:
+        MetricsService(r, options["metrics"], metrics.registry, status.fail).setServiceParent(
+            service
+        )
     sd_notify.StoppingNotice(notifier).setServiceParent(service)
     return service

@@ -48,9 +48,12 @@ from twisted_rfwd.server.host_keys import (
     load_host_key,
 )
 from twisted_rfwd.server.service import ServerService
+from twisted_rfwd.server.status import ServerStatus, StatusFileService
+from twisted_rfwd.ssh.metrics import combine
 from twisted_rfwd.tap import parsing, sd_notify
 from twisted_rfwd.tap._exit import ExitStatus
 from twisted_rfwd.tap.logs import LEVELS, LoggedService, LogOptions
+from twisted_rfwd.tap.metrics import MetricsService, PrometheusMetrics, metrics_endpoint
 
 __all__ = ["Options", "makeService"]
 
@@ -229,6 +232,20 @@ class Options(ConfigFileOptions, LogOptions):
             "sshd's RevokedKeys: public keys (one a line) or a KRL (ssh-keygen -k) refused "
             "as keys, CAs and certificates.",
         ],
+        [
+            "status-file",
+            None,
+            None,
+            "Keep a JSON status (connections and their forwards) in this file, replaced "
+            "atomically, at most once a second.",
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics over HTTP on this endpoint (tcp:9100; loopback unless it "
+            "names an interface); needs twisted-rfwd[metrics].",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -272,6 +289,8 @@ class Options(ConfigFileOptions, LogOptions):
             self["algorithms"] = parsing.algorithms(lambda _, field: self[field.replace("_", "-")])
             self["limits"] = _limits(self)
             self["logins"] = _logins(self)
+            if self["metrics"] is not None:
+                self["metrics"] = metrics_endpoint(self["metrics"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -385,15 +404,23 @@ def makeService(options: Options) -> IService:
     factory = ForwardingServerFactory(r, config, match=options["match-rules"])
     endpoint = _listen_endpoint(r, options["listen-endpoints"] or [options["listen"]])
     notifier = sd_notify.Notifier.from_environment(r)
-    service = LoggedService(
-        ServerService(
-            endpoint,
-            factory,
-            status.fail,
-            on_listening=lambda port: sd_notify.server_listening(notifier, port),
-        ),
-        options,
+    server: IService = ServerService(
+        endpoint,
+        factory,
+        status.fail,
+        on_listening=lambda port: sd_notify.server_listening(notifier, port),
     )
+    metrics = PrometheusMetrics("server") if options["metrics"] is not None else None
+    server_status = None
+    if options["status-file"] is not None:
+        server_status = ServerStatus(r, factory.connections, options["status-file"])
+        server = StatusFileService(server, server_status)
+    factory.metrics = combine(metrics, server_status)
+    service = LoggedService(server, options)
+    if metrics is not None:
+        MetricsService(r, options["metrics"], metrics.registry, status.fail).setServiceParent(
+            service
+        )
     sd_notify.StoppingNotice(notifier).setServiceParent(service)
     return service
 
