@@ -28,7 +28,6 @@ are two objects, because both say C{pauseProducing} and mean opposite directions
 from __future__ import annotations
 
 import getpass
-import math
 import os
 from collections import deque
 from collections.abc import Iterable
@@ -62,7 +61,7 @@ from twisted_rfwd.client.service import TunnelService, TunnelState
 from twisted_rfwd.errors import ChannelOpenFailed, ConfigError, ConnectionClosed, ForwardRefused
 from twisted_rfwd.protocol import wire
 from twisted_rfwd.protocol.spec import RemoteForward
-from twisted_rfwd.protocol.units import parse_duration
+from twisted_rfwd.protocol.units import parse_seconds
 from twisted_rfwd.ssh.channel import Channel
 
 __all__ = [
@@ -634,13 +633,13 @@ def _parse(reactor: Any, args: list[str], kwargs: dict[str, str]) -> RfwdServerE
         settings["strict_host_key_checking"] = HostKeyPolicy.parse(kwargs["strictHostKeyChecking"])
     if "serverAliveInterval" in kwargs:
         interval = kwargs["serverAliveInterval"]
-        settings["server_alive_interval"] = _seconds(interval, "serverAliveInterval")
+        settings["server_alive_interval"] = parse_seconds(interval, "serverAliveInterval")
     if "serverAliveCountMax" in kwargs:
         settings["server_alive_count_max"] = _number(
             kwargs["serverAliveCountMax"], "serverAliveCountMax", 1, 1_000_000
         )
     if "connectTimeout" in kwargs:
-        settings["connect_timeout"] = _seconds(kwargs["connectTimeout"], "connectTimeout")
+        settings["connect_timeout"] = parse_seconds(kwargs["connectTimeout"], "connectTimeout")
     config = ClientConfig(
         host=host,
         user=kwargs.get("user") or getpass.getuser(),
@@ -655,17 +654,6 @@ def _number(text: str, what: str, low: int, high: int) -> int:
     if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
         raise ConfigError(f"{what} must be {low} to {high}, not '{text}'")
     return int(text)
-
-
-def _seconds(text: str, what: str) -> float:
-    """Seconds (C{2.5}) or OpenSSH's time format (C{30s}, C{1m}), as the plugins read them."""
-    try:
-        value = float(text)
-    except ValueError:
-        return parse_duration(text, what)
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{what} must be a time of zero seconds or more, not '{text}'")
-    return value
 
 
 def _only_once(kwargs: dict[str, str], name: str, value: str) -> None:

@@ -5,11 +5,18 @@ C{RekeyLimit} pair built from them.  Pure parsing; errors are L{ConfigError}s na
 
 from __future__ import annotations
 
+import math
 import re
 
 from twisted_rfwd.errors import ConfigError
 
-__all__ = ["DEFAULT_REKEY_BYTES", "DEFAULT_REKEY_SECONDS", "parse_duration", "parse_rekey_limit"]
+__all__ = [
+    "DEFAULT_REKEY_BYTES",
+    "DEFAULT_REKEY_SECONDS",
+    "parse_duration",
+    "parse_rekey_limit",
+    "parse_seconds",
+]
 
 # RFC 4253 section 9: re-exchange keys after a gigabyte or an hour, whichever comes first.
 DEFAULT_REKEY_BYTES = 1 << 30
@@ -57,3 +64,14 @@ def parse_rekey_limit(text: str) -> tuple[int | None, float | None]:
     if len(fields) == 2:
         seconds = None if fields[1].lower() == "none" else parse_duration(fields[1], "RekeyLimit")
     return size, seconds
+
+
+def parse_seconds(text: str, what: str) -> float:
+    """A time: seconds as a number (C{2.5}), or OpenSSH's format (C{90}, C{30s}, C{1h30m})."""
+    try:
+        value = float(text)
+    except ValueError:
+        return parse_duration(text, what)
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{what} must be a time of zero seconds or more, not '{text}'")
+    return value

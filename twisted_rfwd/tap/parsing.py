@@ -5,13 +5,12 @@ definition each, so that C{--drain-time 1m} means the same on both ends.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted_rfwd.errors import ConfigError
 from twisted_rfwd.protocol.algorithms import CIPHERS, KEY_EXCHANGES, MACS, choose
-from twisted_rfwd.protocol.units import parse_duration
+from twisted_rfwd.protocol.units import parse_seconds
 
 __all__ = ["ALGORITHM_OPTIONS", "algorithms", "count", "port", "positive", "seconds"]
 
@@ -25,13 +24,7 @@ ALGORITHM_OPTIONS: tuple[tuple[str, str, Sequence[bytes]], ...] = (
 
 def seconds(text: str, what: str) -> float:
     """A time: seconds as a number (C{2.5}), or OpenSSH's format (C{90}, C{30s}, C{1h30m})."""
-    try:
-        value = float(text)
-    except ValueError:
-        return parse_duration(text, what)
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{what} must be a time of zero seconds or more, not '{text}'")
-    return value
+    return parse_seconds(text, what)
 
 
 def port(text: str) -> int:
