@@ -26,8 +26,8 @@ demo: install
 	$(BIN)/python examples/demo.py
 
 check: $(VENV)/.deps
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --check --no-cache .
 	$(BIN)/mypy
 
 test: install check
