@@ -8,10 +8,13 @@ wants the user-verified flag.
 
 from __future__ import annotations
 
+import os
+import struct
 from pathlib import Path
 from typing import Any
 
 from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.keys import Key
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
@@ -20,6 +23,7 @@ from tests.support.keys import new_key
 from tests.support.logs import CapturedLog
 from tests.support.memory import FakeBinder
 from tests.support.sk import PRESENT, VERIFIED, Authenticator
+from twisted_rfwd.protocol.certificates import USER_CERT
 from twisted_rfwd.protocol.userauth import publickey_signed_data
 from twisted_rfwd.server.auth import ForwardingAvatar
 from twisted_rfwd.server.config import ServerConfig
@@ -31,8 +35,8 @@ MSG_USERAUTH_SUCCESS = 52
 MSG_USERAUTH_PK_OK = 60
 
 
-class SecurityKeyLoginTests(TestCase):
-    """A client that signs with a software FIDO token, against rfwd-server's userauth."""
+class SecurityKeyRig(TestCase):
+    """A connection to rfwd-server's userauth, and what it answered."""
 
     def connect(self, *lines: bytes, **options: Any) -> HostileConnection:
         """A connection in user authentication, alice's authorized_keys holding C{lines}."""
@@ -71,6 +75,10 @@ class SecurityKeyLoginTests(TestCase):
         avatar = getattr(conn.server, "avatar", None)
         assert isinstance(avatar, ForwardingAvatar)
         return avatar.login
+
+
+class SecurityKeyLoginTests(SecurityKeyRig):
+    """A client that signs with a software FIDO token, against rfwd-server's userauth."""
 
     def test_query_is_accepted(self) -> None:
         """A listed sk key without a signature gets PK_OK, so ssh goes on to touch the token."""
@@ -160,3 +168,63 @@ class SecurityKeyLoginTests(TestCase):
         self.request(conn, allowed, PRESENT)
         self.assertEqual(self.answers(conn), [MSG_USERAUTH_FAILURE, MSG_USERAUTH_SUCCESS])
         self.assertEqual(len(log.matching("is not in PubkeyAcceptedAlgorithms")), 1)
+
+
+def sk_certificate(token: Authenticator, ca: Key, extensions: bytes) -> bytes:
+    """A user certificate for C{token}'s sk-ssh-ed25519 key, signed by C{ca}."""
+    plain = token.public_blob()
+    body = (
+        NS(b"sk-ssh-ed25519-cert-v01@openssh.com")
+        + NS(os.urandom(32))
+        + plain[len(NS(b"sk-ssh-ed25519@openssh.com")) :]
+        + struct.pack(">QL", 9, USER_CERT)
+        + NS(b"alice token")
+        + NS(NS(b"alice"))
+        + struct.pack(">QQ", 0, 0xFFFFFFFFFFFFFFFF)
+        + NS(b"")
+        + NS(extensions)
+        + NS(b"")
+        + NS(ca.public().blob())
+    )
+    return body + NS(ca.sign(body))
+
+
+class SecurityKeyCertificateTests(SecurityKeyRig):
+    """An sk-ssh-ed25519 key with a user certificate, trusted through TrustedUserCAKeys."""
+
+    def certified(self, extensions: bytes) -> tuple[HostileConnection, Authenticator, bytes]:
+        tmp = Path(self.mktemp())
+        tmp.mkdir(parents=True)
+        ca = new_key()
+        ca_file = tmp / "ca.pub"
+        ca_file.write_bytes(ca.public().toString("OPENSSH") + b"\n")
+        token = Authenticator("ed25519")
+        conn = self.connect(trusted_user_ca_keys=str(ca_file))
+        return conn, token, sk_certificate(token, ca, extensions)
+
+    def send_signed(
+        self, conn: HostileConnection, token: Authenticator, cert: bytes, flags: int
+    ) -> None:
+        algorithm = b"sk-ssh-ed25519-cert-v01@openssh.com"
+        session_id = conn.server.sessionID
+        assert session_id is not None
+        signed = publickey_signed_data(session_id, b"alice", b"ssh-connection", algorithm, cert)
+        signature = token.sign(signed, flags)
+        head = NS(b"alice") + NS(b"ssh-connection") + NS(b"publickey")
+        conn.send(MSG_USERAUTH_REQUEST, head + b"\x01" + NS(algorithm) + NS(cert) + NS(signature))
+
+    def test_certificate_touched_logs_in(self) -> None:
+        """A touched signature with the sk key's certificate logs in."""
+        conn, token, cert = self.certified(NS(b"permit-port-forwarding") + NS(b""))
+        self.send_signed(conn, token, cert, PRESENT)
+        self.assertEqual(self.answers(conn), [MSG_USERAUTH_SUCCESS])
+
+    def test_certificate_untouched_refused_unless_no_touch_required(self) -> None:
+        """Without a touch the certificate fails, unless it carries no-touch-required."""
+        conn, token, cert = self.certified(NS(b"permit-port-forwarding") + NS(b""))
+        self.send_signed(conn, token, cert, 0)
+        self.assertEqual(self.answers(conn), [MSG_USERAUTH_FAILURE])
+        extensions = NS(b"no-touch-required") + NS(b"") + NS(b"permit-port-forwarding") + NS(b"")
+        conn, token, cert = self.certified(extensions)
+        self.send_signed(conn, token, cert, 0)
+        self.assertEqual(self.answers(conn), [MSG_USERAUTH_SUCCESS])

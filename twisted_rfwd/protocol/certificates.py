@@ -196,6 +196,15 @@ CERTIFICATE_SIGNATURES: dict[bytes, tuple[bytes, bytes]] = {
         b"ecdsa-sha2-nistp521-cert-v01@openssh.com",
         b"ecdsa-sha2-nistp521",
     ),
+    # FIDO keys' certificates: the user's signature carries the plain sk type.
+    b"sk-ssh-ed25519-cert-v01@openssh.com": (
+        b"sk-ssh-ed25519-cert-v01@openssh.com",
+        b"sk-ssh-ed25519@openssh.com",
+    ),
+    b"sk-ecdsa-sha2-nistp256-cert-v01@openssh.com": (
+        b"sk-ecdsa-sha2-nistp256-cert-v01@openssh.com",
+        b"sk-ecdsa-sha2-nistp256@openssh.com",
+    ),
     b"rsa-sha2-512-cert-v01@openssh.com": (b"ssh-rsa-cert-v01@openssh.com", b"rsa-sha2-512"),
     b"rsa-sha2-256-cert-v01@openssh.com": (b"ssh-rsa-cert-v01@openssh.com", b"rsa-sha2-256"),
 }

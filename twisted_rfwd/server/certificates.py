@@ -42,6 +42,7 @@ from twisted_rfwd.protocol.certificates import (
     user_certificate_refusal,
 )
 from twisted_rfwd.protocol.krl import listed_keys, parse_revoked_keys
+from twisted_rfwd.protocol.sk import SKRequirements
 from twisted_rfwd.protocol.wire import Reader
 from twisted_rfwd.server.authorized_keys import AuthorizedKey, matches_from
 
@@ -167,10 +168,20 @@ def _listed_keys(path: str) -> set[bytes] | None:
     return listed_keys(text)
 
 
-def _merge(line: KeyOptions, certificate: Certificate) -> KeyOptions:
-    """sshd's C{sshauthopt_merge}: the line's options, forwarding only if both allow it."""
+def _merge(line: KeyOptions | None, certificate: Certificate) -> KeyOptions:
+    """
+    sshd's C{sshauthopt_merge}: the line's options (None: TrustedUserCAKeys alone), forwarding
+    only if both allow it, and a FIDO key's touch and verification as both ask.
+    """
     allowed = certificate_options(certificate).port_forwarding
-    return dataclasses.replace(line, port_forwarding=line.port_forwarding and allowed)
+    sk = SKRequirements.for_certificate(certificate, line)
+    base = line if line is not None else KeyOptions()
+    return dataclasses.replace(
+        base,
+        port_forwarding=base.port_forwarding and allowed,
+        touch_required=sk.touch_required,
+        verify_required=sk.verify_required,
+    )
 
 
 def _check_options(
@@ -238,18 +249,20 @@ def _by_trusted_ca(
         return None
     where = f"TrustedUserCAKeys {trusted_user_ca_keys}"
     line_options = KeyOptions()
+    accepting_line: KeyOptions | None = None
     principal: str | None = user
     if principals_file is not None:
         found = _principal_line(certificate, principals_file, user, home_of, warn)
         if found is None:
             raise CertificateRefused("certificate does not contain an authorized principal")
         line_options, where = found
+        accepting_line = line_options
         principal = None
     reason = user_certificate_refusal(certificate, now, principal, require_principal=True)
     if reason is not None:
         raise CertificateRefused(reason)
     _check_options(certificate, line_options, peer_host, now, where)
-    return _merge(line_options, certificate)
+    return _merge(accepting_line, certificate)
 
 
 def _by_authority_line(
