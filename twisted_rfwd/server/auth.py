@@ -13,8 +13,6 @@ request at a time, and to log refusals with user and peer.
 
 from __future__ import annotations
 
-import grp
-import os
 import pwd
 import re
 from collections.abc import Callable, Sequence
@@ -71,6 +69,7 @@ from twisted_rfwd.server.certificates import (
 from twisted_rfwd.server.config import ServerConfig
 from twisted_rfwd.server.passwords import MAXIMUM_USER_NAME, PasswordAttempt, PasswordLogin
 from twisted_rfwd.server.sk_keys import verify_sk_signature
+from twisted_rfwd.server.system_users import system_groups
 from twisted_rfwd.ssh.fingerprint import fingerprint
 from twisted_rfwd.ssh.metrics import auth_method
 from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
@@ -364,22 +363,6 @@ def match_user(user: str, host: str, pattern: str) -> bool:
     if not at:
         return _wildcard(pattern, user)
     return _wildcard(name, user) and matches_from(tuple(hosts.split(",")), host)
-
-
-def system_groups(user: str) -> list[str] | None:
-    """The system user's groups (primary and supplementary), or None if there is no such user."""
-    try:
-        entry = pwd.getpwnam(user)
-        gids = os.getgrouplist(user, entry.pw_gid)
-    except (KeyError, ValueError, OSError):
-        return None
-    names = []
-    for gid in gids:
-        try:
-            names.append(grp.getgrgid(gid).gr_name)
-        except KeyError:
-            continue
-    return names
 
 
 def access_refusal(

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import grp
 import os
-import pwd
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +29,7 @@ from twisted_rfwd.protocol.sshd_config import (
     parse_config,
 )
 from twisted_rfwd.server.config import ServerConfig
+from twisted_rfwd.server.system_users import system_groups
 
 __all__ = [
     "DEFAULT_PORT",
@@ -52,6 +51,11 @@ DEFAULT_PORT = 2222
 _FIELDS = frozenset(f.name for f in dataclasses.fields(ServerConfig))
 
 
+def _groups_or_none(user: str) -> tuple[str, ...]:
+    """For Match Group: a login name that is not a system user has no groups."""
+    return system_groups(user) or ()
+
+
 class LocalFiles:
     """The file system, for the parser: C{~} is the home directory, as in sshd's Include."""
 
@@ -66,26 +70,6 @@ class LocalFiles:
 def load_config_file(path: str) -> SshdConfig:
     """Read C{path} and what it includes; L{ConfigError} (C{FILE line N: ...}) if unusable."""
     return parse_config(path, LocalFiles())
-
-
-def system_groups(user: str) -> tuple[str, ...]:
-    """
-    The system groups of C{user}, primary first, for C{Match Group} (as sshd reads them); none
-    for a login name that is not a system user.  Only called when a Match block has a Group.
-    """
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        return ()
-    names: list[str] = []
-    for gid in os.getgrouplist(user, entry.pw_gid):
-        try:
-            name = grp.getgrgid(gid).gr_name
-        except KeyError:
-            continue
-        if name not in names:
-            names.append(name)
-    return tuple(names)
 
 
 def server_fields(values: Mapping[str, object], pinned: Collection[str] = ()) -> dict[str, Any]:
@@ -104,7 +88,7 @@ class MatchRules:
         self,
         config: SshdConfig,
         pinned: Collection[str] = (),
-        groups: Any = system_groups,
+        groups: Any = _groups_or_none,
     ) -> None:
         self.config = config
         self.pinned = frozenset(pinned)

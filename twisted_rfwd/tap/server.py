@@ -549,7 +549,7 @@ def _test_lines(config: ServerConfig, options: usage.Options) -> list[str]:
     spec: Connection = options["test-connection"] or Connection()
     values: dict[str, object] = {}
     if model is not None:
-        groups = system_groups(spec.user) if spec.user and model.needs_groups else ()
+        groups = (system_groups(spec.user) or ()) if spec.user and model.needs_groups else ()
         connection = replace(spec, groups=groups)
         config = MatchRules(model, options["pinned"]).apply(config, connection)
         values = model.values(connection)
