@@ -22,6 +22,6 @@ gets ready clears it.
 from __future__ import annotations
 
 # The writer is shared with the server's status file.
-from twisted_rfwd.ssh.metrics import StatusFile, timestamp
+from twisted_rfwd.ssh.status_file import StatusFile, timestamp
 
 __all__ = ["StatusFile", "timestamp"]

@@ -33,7 +33,8 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from twisted_rfwd.ssh.metrics import Metrics, StatusFile, timestamp
+from twisted_rfwd.ssh.metrics import Metrics
+from twisted_rfwd.ssh.status_file import StatusFile, timestamp
 
 if TYPE_CHECKING:
     from twisted_rfwd.server.connection import ForwardingServerConnection

@@ -13,12 +13,7 @@ L{StatusFile} writes either end's status file (a JSON snapshot, replaced atomica
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Iterable
-from datetime import datetime, timezone
-from typing import Any
 
 from twisted.logger import Logger
 
@@ -29,10 +24,8 @@ __all__ = [
     "OUTCOMES",
     "FanOut",
     "Metrics",
-    "StatusFile",
     "auth_method",
     "combine",
-    "timestamp",
 ]
 
 _log = Logger()
@@ -191,44 +184,3 @@ def combine(*receivers: Metrics | None) -> Metrics:
     if not present:
         return NO_METRICS
     return present[0] if len(present) == 1 else FanOut(present)
-
-
-class StatusFile:
-    """
-    Writes JSON snapshots to C{path}, each replacing the last atomically (a new file renamed
-    over it), so a reader never sees half of one; write errors are logged once, never fatal.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = os.path.abspath(os.path.expanduser(path))
-        self._warned = False
-
-    def write(self, snapshot: dict[str, Any]) -> None:
-        directory = os.path.dirname(self.path)
-        try:
-            fd, temporary = tempfile.mkstemp(prefix=".rfwd-status-", dir=directory)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(snapshot, f, indent=2, sort_keys=True)
-                    f.write("\n")
-                os.chmod(temporary, 0o644)
-                os.replace(temporary, self.path)
-            finally:
-                if os.path.exists(temporary):
-                    os.unlink(temporary)
-        except OSError as e:
-            if not self._warned:
-                self._warned = True
-                _log.warn(
-                    "Cannot write the status file {path}: {reason}",
-                    path=self.path,
-                    reason=e.strerror,
-                )
-            return
-        self._warned = False
-
-
-def timestamp(seconds: float) -> str:
-    """ISO 8601 in UTC, to the second."""
-    moment = datetime.fromtimestamp(seconds, timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
