@@ -12,7 +12,15 @@ from twisted_rfwd.errors import ConfigError
 from twisted_rfwd.protocol.algorithms import CIPHERS, KEY_EXCHANGES, MACS, choose
 from twisted_rfwd.protocol.units import parse_seconds
 
-__all__ = ["ALGORITHM_OPTIONS", "algorithms", "count", "port", "positive", "seconds"]
+__all__ = [
+    "ALGORITHM_OPTIONS",
+    "algorithms",
+    "count",
+    "port",
+    "positive",
+    "seconds",
+    "yes_no",
+]
 
 # The algorithm options: OpenSSH's name, the settings field, and the default list.
 ALGORITHM_OPTIONS: tuple[tuple[str, str, Sequence[bytes]], ...] = (
@@ -59,3 +67,10 @@ def algorithms(value_of: Callable[[str, str], str | None]) -> dict[str, Any]:
         if value is not None:
             chosen[field] = choose(name, value, default)
     return chosen
+
+
+def yes_no(text: str, what: str) -> bool:
+    """C{yes} or C{no}, in any case, as sshd_config reads them."""
+    if text.lower() not in ("yes", "no"):
+        raise ConfigError(f"{what} must be yes or no, not '{text}'")
+    return text.lower() == "yes"

@@ -339,7 +339,7 @@ def _limits(options: usage.Options) -> dict[str, Any]:
         "max_forwards_per_connection": _positive(options, "max-forwards-per-connection"),
         "max_forwards_per_user": _positive(options, "max-forwards-per-user"),
         "max_channels_per_connection": _positive(options, "max-channels-per-connection"),
-        "sessions": _yes_no(options["sessions"], "--sessions"),
+        "sessions": parsing.yes_no(options["sessions"], "--sessions"),
         "max_sessions": parsing.count(options["max-sessions"], "--max-sessions"),
     }
 
@@ -351,20 +351,13 @@ def _logins(options: usage.Options) -> dict[str, Any]:
         "trusted_user_ca_keys": options["trusted-user-ca-keys"],
         "authorized_principals_file": options["authorized-principals-file"],
         "revoked_keys": options["revoked-keys"],
-        "password_authentication": _yes_no(
+        "password_authentication": parsing.yes_no(
             options["password-authentication"], "--password-authentication"
         ),
-        "kbd_interactive_authentication": _yes_no(
+        "kbd_interactive_authentication": parsing.yes_no(
             options["kbd-interactive-authentication"], "--kbd-interactive-authentication"
         ),
     }
-
-
-def _yes_no(text: str, what: str) -> bool:
-    """C{yes} or C{no}, in any case, as sshd_config reads them."""
-    if text.lower() not in ("yes", "no"):
-        raise ConfigError(f"{what} must be yes or no, not '{text}'")
-    return text.lower() == "yes"
 
 
 def makeService(options: Options) -> IService:
