@@ -24,14 +24,14 @@ from twisted_rfwd.protocol.certificates import (
     Certificate,
     parse_certificate,
 )
-from twisted_rfwd.server.auth import (
+from twisted_rfwd.server.certificates import CertificateRefused, check_user_certificate
+from twisted_rfwd.server.config import ServerConfig
+from twisted_rfwd.server.publickey import (
     AuthorizedKeysChecker,
     AuthorizedKeysFiles,
     LoginIdentity,
     PeerSSHPrivateKey,
 )
-from twisted_rfwd.server.certificates import CertificateRefused, check_user_certificate
-from twisted_rfwd.server.config import ServerConfig
 
 # 2030-01-01, inside the certificates' default window (forever) and the explicit ones below.
 NOW = 1893456000.0

@@ -1,26 +1,16 @@
 """
-Logins to rfwd-server: public keys (where authorized keys live, how a key is checked), passwords
-(C{password} and C{keyboard-interactive}, checked by L{twisted_rfwd.server.passwords}), sshd's
-access lists (AllowUsers, DenyUsers, AllowGroups, DenyGroups), and what a successful login
-carries forward (the key's forwarding options).
-
-Built on Twisted Cred: L{AuthorizedKeysChecker} and the password checker are the checkers,
-L{ForwardingRealm} the realm, and L{ServerUserAuth} the Conch userauth service, extended to
-offer the methods the configuration enables, to ask keyboard-interactive's one question, to
-tell the checkers the client's address (for C{from=}) and the access lists' verdict, to take one
-request at a time, and to log refusals with user and peer.
+The user-authentication service of rfwd-server: Conch's userauth server, extended to offer the
+methods the configuration enables (L{twisted_rfwd.server.access}), to ask keyboard-interactive's
+one question, to give the checkers (L{twisted_rfwd.server.publickey}, the passwords of
+L{twisted_rfwd.server.passwords}) the client's address and the access lists' verdict, to take
+one request at a time, to count failures as sshd does, and to log refusals with user and peer.
 """
 
 from __future__ import annotations
 
-import pwd
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
-from twisted.conch.avatar import ConchUser
 from twisted.conch.error import ConchError, IgnoreAuthentication, ValidPublicKey
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh.common import NS
@@ -32,47 +22,37 @@ from twisted.conch.ssh.userauth import (
     MSG_USERAUTH_PK_OK,
     SSHUserAuthServer,
 )
-from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import ISSHPrivateKey, SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
-from twisted.cred.portal import IRealm
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from twisted_rfwd.errors import MalformedPacket, RemoteProtocolError
+from twisted_rfwd.errors import RemoteProtocolError
 from twisted_rfwd.protocol.addresses import describe_address
 from twisted_rfwd.protocol.certificates import (
     CERTIFICATE_SIGNATURES,
-    Certificate,
     parse_certificate,
 )
 from twisted_rfwd.protocol.messages import loggable
-from twisted_rfwd.protocol.sk import SK_ALGORITHMS, SKRequirements, is_sk_algorithm
 from twisted_rfwd.protocol.userauth import publickey_signed_data
 from twisted_rfwd.protocol.wire import Reader, pack_string, pack_uint32
-from twisted_rfwd.server.authorized_keys import (
-    AuthorizedKey,
-    KeyOptions,
-    matches_from,
-    parse_authorized_keys,
-)
-from twisted_rfwd.server.certificates import (
-    CertificateRefused,
-    check_user_certificate,
-    expand_user_template,
-    revocation_refusal,
-)
+from twisted_rfwd.server.access import access_refusal, auth_methods, match_user
 from twisted_rfwd.server.config import ServerConfig
-from twisted_rfwd.server.passwords import MAXIMUM_USER_NAME, PasswordAttempt, PasswordLogin
-from twisted_rfwd.server.sk_keys import verify_sk_signature
+from twisted_rfwd.server.passwords import PasswordAttempt
+from twisted_rfwd.server.publickey import (
+    AuthorizedKeysChecker,
+    AuthorizedKeysFiles,
+    ForwardingAvatar,
+    ForwardingRealm,
+    LoginIdentity,
+    PeerSSHPrivateKey,
+)
 from twisted_rfwd.server.system_users import system_groups
 from twisted_rfwd.ssh.fingerprint import fingerprint
 from twisted_rfwd.ssh.metrics import auth_method
-from twisted_rfwd.ssh.transport import PUBLIC_KEY_ALGORITHMS, TransportMixin
+from twisted_rfwd.ssh.transport import TransportMixin
 
 __all__ = [
     "AuthorizedKeysChecker",
@@ -89,323 +69,8 @@ __all__ = [
 
 _log = Logger()
 
-# sshd's RequiredRSASize.
-MINIMUM_RSA_BITS = 1024
 # keyboard-interactive's one question, as sshd's PAM asks it; not echoed.
 PASSWORD_PROMPT = b"Password: "
-
-
-def _home_directory(user: str) -> str | None:
-    try:
-        return pwd.getpwnam(user).pw_dir
-    except KeyError:
-        return None
-
-
-class AuthorizedKeysFiles:
-    """
-    sshd's C{AuthorizedKeysFile}: a path template where C{%u} is the user name, C{%h} that user's
-    home directory and C{%%} a percent sign.  A template without tokens is one file for all.
-    """
-
-    def __init__(
-        self, template: str, home_of: Callable[[str], str | None] = _home_directory
-    ) -> None:
-        self.template = template
-        self._home_of = home_of
-
-    def path_for(self, user: str) -> str | None:
-        """The file for C{user}, or C{None} when the template needs a home they don't have."""
-        return expand_user_template(self.template, user, self._home_of)
-
-    def home_of(self, user: str) -> str | None:
-        """The user's home directory (for C{AuthorizedPrincipalsFile}), or None."""
-        return self._home_of(user)
-
-    def keys_for(self, user: str) -> list[AuthorizedKey]:
-        """Read the user's file afresh (as sshd does), logging lines that cannot be used."""
-        if "/" in user or user in ("", ".", ".."):
-            return []
-        path = self.path_for(user)
-        if path is None:
-            _log.info("No home directory for user {user}: no authorized keys", user=user)
-            return []
-        try:
-            with open(path, "rb") as f:
-                text = f.read()
-        except OSError as e:
-            _log.info(
-                "Cannot read authorized keys for {user} from {path}: {reason}",
-                user=user,
-                path=path,
-                reason=e.strerror,
-            )
-            return []
-        keys, warnings = parse_authorized_keys(text, path)
-        for warning in warnings:
-            _log.warn("Ignoring authorized key: {warning}", warning=warning)
-        return keys
-
-
-@dataclass(frozen=True)
-class LoginIdentity:
-    """
-    Who logged in, with which key, and what that key permits; a password login has no key
-    (C{key_type} names its method, C{fingerprint} is empty) and the default options.
-    """
-
-    user: str
-    key_type: str
-    fingerprint: str
-    options: KeyOptions
-    method: str = "publickey"
-
-
-class PeerSSHPrivateKey(SSHPrivateKey):
-    """
-    Conch's public-key credentials plus the client's numeric address, for C{from=}, and the
-    settings in force for this attempt (certificates: TrustedUserCAKeys, RevokedKeys, ...).
-    """
-
-    def __init__(
-        self,
-        username: bytes,
-        algName: bytes,
-        blob: bytes,
-        sigData: bytes | None,
-        signature: bytes | None,
-        peer_host: str,
-        config: ServerConfig | None = None,
-    ) -> None:
-        super().__init__(username, algName, blob, sigData, signature)
-        self.peer_host = peer_host
-        self.config = config
-
-
-@implementer(ICredentialsChecker)
-class AuthorizedKeysChecker:
-    """Accepts a user whose key is in their authorized_keys and whose signature verifies."""
-
-    credentialInterfaces = (ISSHPrivateKey,)
-
-    def __init__(self, files: AuthorizedKeysFiles, clock: IReactorTime) -> None:
-        self.files = files
-        self._clock = clock
-
-    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
-        return defer.execute(self._check, credentials)
-
-    def _check(self, credentials: Any) -> LoginIdentity:
-        raw_user: bytes = credentials.username
-        if len(raw_user) > MAXIMUM_USER_NAME or loggable(raw_user) != raw_user.decode(
-            "utf-8", "replace"
-        ):
-            raise UnauthorizedLogin("not a valid user name")
-        user = raw_user.decode("utf-8", "replace")
-        algorithm: bytes = credentials.algName
-        certified = algorithm in CERTIFICATE_SIGNATURES
-        if (
-            algorithm not in PUBLIC_KEY_ALGORITHMS
-            and algorithm not in SK_ALGORITHMS
-            and not certified
-        ):
-            raise UnauthorizedLogin(f"signature algorithm {loggable(algorithm)} is not accepted")
-        peer_host = getattr(credentials, "peer_host", None)
-        config: ServerConfig | None = getattr(credentials, "config", None)
-        revoked_keys = config.revoked_keys if config is not None else None
-        if certified:
-            key, options, description = self._certificate(
-                user, algorithm, credentials.blob, peer_host, config
-            )
-            signature_algorithm = CERTIFICATE_SIGNATURES[algorithm][1]
-        else:
-            revoked = revocation_refusal(revoked_keys, credentials.blob)
-            if revoked is not None:
-                raise UnauthorizedLogin(revoked)
-            entry = self._find(user, credentials.blob, peer_host)
-            key, options, description = entry.key, entry.options, fingerprint(entry.key)
-            signature_algorithm = algorithm
-        if key.type() == "RSA" and key.size() < MINIMUM_RSA_BITS:
-            raise UnauthorizedLogin(
-                f"RSA key of {key.size()} bits; at least {MINIMUM_RSA_BITS} are required"
-            )
-        if credentials.signature is None:
-            raise ValidPublicKey()
-        signature: bytes = credentials.signature
-        signed_with = Reader(signature, "signature").string()
-        if signed_with != signature_algorithm:
-            raise UnauthorizedLogin("signature algorithm does not match the request")
-        if is_sk_algorithm(algorithm):
-            # FIDO keys: the token's flags must say what the line requires (presence, PIN).
-            verify_sk_signature(
-                key.blob(), signature, credentials.sigData, SKRequirements.for_key(options)
-            )
-        elif not key.verify(signature, credentials.sigData):
-            raise UnauthorizedLogin("bad signature")
-        return LoginIdentity(
-            user=user,
-            key_type=algorithm.decode("ascii"),
-            fingerprint=description,
-            options=options,
-        )
-
-    def _certificate(
-        self,
-        user: str,
-        algorithm: bytes,
-        blob: bytes,
-        peer_host: str | None,
-        config: ServerConfig | None,
-    ) -> tuple[Key, KeyOptions, str]:
-        """
-        A certificate checked as sshd checks it (L{check_user_certificate}): the certified
-        key, the login's options, and how logs name it (key, certificate ID and serial, CA).
-        """
-        certificate = _parse_certificate(algorithm, blob)
-        try:
-            login = check_user_certificate(
-                certificate,
-                user,
-                peer_host,
-                self._clock.seconds(),
-                trusted_user_ca_keys=config.trusted_user_ca_keys if config else None,
-                principals_file=config.authorized_principals_file if config else None,
-                revoked_keys=config.revoked_keys if config else None,
-                authorized=lambda: self.files.keys_for(user),
-                home_of=self.files.home_of,
-                warn=lambda text: _log.warn("{warning}", warning=text),
-            )
-        except CertificateRefused as e:
-            raise UnauthorizedLogin(f"{_describe(certificate)}: {e}") from None
-        description = (
-            f"{fingerprint(login.key)} {_describe(certificate)} "
-            f"CA {login.ca.sshType().decode('ascii')} {fingerprint(login.ca)} "
-            f"via {login.trusted_by}"
-        )
-        return login.key, login.options, description
-
-    def _find(self, user: str, blob: bytes, peer_host: str | None) -> AuthorizedKey:
-        for entry in self.files.keys_for(user):
-            if not entry.matches(blob):
-                continue
-            options = entry.options
-            if options.from_patterns is not None and (
-                peer_host is None or not matches_from(options.from_patterns, peer_host)
-            ):
-                raise UnauthorizedLogin(f"key at {entry.source} is not allowed from {peer_host}")
-            if options.expiry is not None and self._expired(options.expiry):
-                raise UnauthorizedLogin(f"key at {entry.source} has expired")
-            return entry
-        raise UnauthorizedLogin("key is not in the user's authorized keys")
-
-    def _expired(self, expiry: datetime) -> bool:
-        return datetime.fromtimestamp(self._clock.seconds(), timezone.utc) >= expiry
-
-
-def _describe(certificate: Certificate) -> str:
-    """C{ID "key id" serial N}, the peer-chosen ID made printable for the log."""
-    return loggable(certificate.describe().encode("utf-8", "replace"), 100)
-
-
-def _parse_certificate(algorithm: bytes, blob: bytes) -> Certificate:
-    """The certificate a publickey request carries, of the type its algorithm names."""
-    try:
-        certificate = parse_certificate(blob)
-    except MalformedPacket as e:
-        raise UnauthorizedLogin(f"unparsable certificate: {e.detail}") from None
-    if certificate.cert_type != CERTIFICATE_SIGNATURES[algorithm][0]:
-        raise UnauthorizedLogin(f"a {loggable(certificate.cert_type)} for {loggable(algorithm)}")
-    return certificate
-
-
-class ForwardingAvatar(ConchUser):
-    """A logged-in user; the connection service reads C{login} to apply the key's options."""
-
-    def __init__(self, login: LoginIdentity) -> None:
-        super().__init__()
-        self.login = login
-
-
-@implementer(IRealm)
-class ForwardingRealm:
-    def requestAvatar(
-        self, avatarId: Any, mind: object, *interfaces: Any
-    ) -> tuple[Any, ForwardingAvatar, Callable[[], None]]:
-        if IConchUser not in interfaces:
-            raise NotImplementedError("only IConchUser avatars are available")
-        if isinstance(avatarId, PasswordLogin):
-            avatarId = LoginIdentity(
-                user=avatarId.user,
-                key_type=avatarId.method,
-                fingerprint="",
-                options=KeyOptions(),
-                method=avatarId.method,
-            )
-        return IConchUser, ForwardingAvatar(avatarId), lambda: None
-
-
-# -- sshd's AllowUsers, DenyUsers, AllowGroups, DenyGroups ------------------------------------
-
-
-def _wildcard(pattern: str, text: str) -> bool:
-    """sshd's C{match_pattern}: C{*} and C{?} only, case-sensitive, the whole of C{text}."""
-    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch("".join(parts), text, re.DOTALL) is not None
-
-
-def match_user(user: str, host: str, pattern: str) -> bool:
-    """
-    sshd's C{match_user}: C{USER}, or C{USER@HOST} where C{HOST} is a comma-separated list of
-    addresses, wildcards, CIDR blocks and C{!}negations, matched against the client's numeric
-    address (sshd's C{UseDNS no}).  The last C{@} splits the two.
-    """
-    name, at, hosts = pattern.rpartition("@")
-    if not at:
-        return _wildcard(pattern, user)
-    return _wildcard(name, user) and matches_from(tuple(hosts.split(",")), host)
-
-
-def access_refusal(
-    user: str,
-    host: str,
-    config: ServerConfig,
-    groups_of: Callable[[str], Sequence[str] | None] = system_groups,
-) -> str | None:
-    """
-    Why the access lists refuse C{user} from C{host}, in sshd's words, or None if they allow
-    it.  sshd's order (C{allowed_user} in C{auth.c}): DenyUsers, AllowUsers, then the groups
-    (only looked up when a group list is set): DenyGroups, AllowGroups.  A login name that is
-    not a system user has no groups: AllowGroups refuses it, DenyGroups cannot match it (sshd,
-    which has no such users, refuses a user without groups whichever list is set).
-    """
-    if any(match_user(user, host, pattern) for pattern in config.deny_users):
-        return "listed in DenyUsers"
-    if config.allow_users and not any(
-        match_user(user, host, pattern) for pattern in config.allow_users
-    ):
-        return "not listed in AllowUsers"
-    if not (config.deny_groups or config.allow_groups):
-        return None
-    groups = groups_of(user) or []
-    if not groups and config.allow_groups:
-        return "not in any group"
-    if any(_wildcard(p, group) for p in config.deny_groups for group in groups):
-        return "a group is listed in DenyGroups"
-    if config.allow_groups and not any(
-        _wildcard(p, group) for p in config.allow_groups for group in groups
-    ):
-        return "none of user's groups are listed in AllowGroups"
-    return None
-
-
-def auth_methods(config: ServerConfig) -> list[bytes]:
-    """The methods C{config} enables, in the order sshd lists them."""
-    enabled = [
-        (config.pubkey_authentication, b"publickey"),
-        (config.password_authentication, b"password"),
-        (config.kbd_interactive_authentication, b"keyboard-interactive"),
-    ]
-    return [method for on, method in enabled if on]
 
 
 class ServerUserAuth(SSHUserAuthServer):
