@@ -58,6 +58,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--reps", type=int, default=3, help="repetitions [default: 3]")
     parser.add_argument(
+        "--ref",
+        choices=list(PAIRS),
+        default=REFERENCE,
+        help=f"the pair the ratios compare with [default: {REFERENCE}]",
+    )
+    parser.add_argument(
         "--duration", type=float, default=4.0, help="seconds per bulk test [default: 4]"
     )
     parser.add_argument(
@@ -135,9 +141,9 @@ def main(argv: Sequence[str]) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print()
-    print(report(records, pairs, tests, opts))
+    print(report(records, pairs, tests, opts, args.ref))
     print(
-        f"\ncells: median over reps ({REFERENCE} = 1.00x: median of per-rep ratios); MB/s = 1e6 B/s"
+        f"\ncells: median over reps ({args.ref} = 1.00x: median of per-rep ratios); MB/s = 1e6 B/s"
     )
     if args.json:
         with open(args.json, "a") as f:

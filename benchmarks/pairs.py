@@ -48,6 +48,8 @@ class PairSpec:
     client: str | None  # "ssh", "rfwd"
     client_options: tuple[str, ...] = ()
     server_options: tuple[str, ...] = ()
+    # A remote command instead of -N: OpenSSH then holds a session (with -tt, a pty).
+    client_command: tuple[str, ...] = ()
 
 
 PAIRS = {
@@ -56,6 +58,9 @@ PAIRS = {
         PairSpec("none", None, None),
         PairSpec("ossh", "sshd", "ssh"),
         PairSpec("ossh-gcm", "sshd", "ssh", ("-c", "aes128-gcm@openssh.com")),
+        # With a pty both ends set TCP_NODELAY on the SSH socket, which -N leaves off: the
+        # reference for short connections (-N pays ~40 ms of Nagle and delayed ACK on each).
+        PairSpec("ossh-tty", "sshd", "ssh", ("-tt",), client_command=("sleep", "86400")),
         PairSpec("rfwd", "rfwd", "rfwd"),
         PairSpec("ssh>rfwd", "rfwd", "ssh"),
         PairSpec("rfwd>sshd", "sshd", "rfwd"),
@@ -68,7 +73,7 @@ PAIRS = {
         ),
     )
 }
-DEFAULT_PAIRS = ["none", "ossh", "ossh-gcm", "rfwd", "ssh>rfwd", "rfwd>sshd"]
+DEFAULT_PAIRS = ["none", "ossh", "ossh-gcm", "ossh-tty", "rfwd", "ssh>rfwd", "rfwd>sshd"]
 REFERENCE = "ossh"
 
 
@@ -217,7 +222,15 @@ def _start_instance(spec: PairSpec, keys: Keys, workdir: Path, checkout: Path) -
             config = workdir / "ssh_config"
             known_hosts = workdir / "known_hosts"
             config.write_text(ssh_config(keys, SSH_HOST, ssh_port, known_hosts, "ERROR"))
-            argv = ssh_argv(openssh("ssh"), config, SSH_HOST, forwards, *spec.client_options)
+            argv = ssh_argv(
+                openssh("ssh"),
+                config,
+                SSH_HOST,
+                forwards,
+                *spec.client_options,
+                session=bool(spec.client_command),
+            )
+            argv += spec.client_command
             client = Child("ssh", argv, workdir / "ssh.log")
             started.append(client)
             cipher = _ssh_cipher(config, spec.client_options)

@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.pairs import REFERENCE
 from benchmarks.scenarios import BULK_TESTS, Options
 
 # A column's value, from the records of one pair in one repetition (None: no value).
@@ -57,6 +56,12 @@ def columns(opts: Options) -> tuple[list[Column], list[Column]]:
         Column("connrate conn/s", ("connrate",), _metric("connrate", "conn_s")),
         Column("p50 ms", ("connrate",), _metric("connrate", "p50_ms"), 2),
         Column("p99 ms", ("connrate",), _metric("connrate", "p99_ms"), 2),
+        Column(
+            "server CPU ms/conn", ("connrate",), _metric("connrate", "server_cpu_ms_per_conn"), 3
+        ),
+        Column(
+            "client CPU ms/conn", ("connrate",), _metric("connrate", "client_cpu_ms_per_conn"), 3
+        ),
     ]
     memory = [
         Column("conc ok", ("conc",), _metric("conc", "ok"), 0, False, f"/{opts.conc}"),
@@ -70,7 +75,9 @@ def columns(opts: Options) -> tuple[list[Column], list[Column]]:
     return rates, memory
 
 
-def _cell(column: Column, pair: str, by_rep: dict[int, dict[str, list[dict[str, Any]]]]) -> str:
+def _cell(
+    column: Column, pair: str, by_rep: dict[int, dict[str, list[dict[str, Any]]]], reference: str
+) -> str:
     relevant = [
         r for reps in by_rep.values() for r in reps.get(pair, []) if r["test"] in column.tests
     ]
@@ -84,13 +91,13 @@ def _cell(column: Column, pair: str, by_rep: dict[int, dict[str, list[dict[str, 
         if value is None:
             continue
         values.append(value)
-        reference = column.value(reps.get(REFERENCE, []))
-        if reference:
-            ratios.append(value / reference)
+        base = column.value(reps.get(reference, []))
+        if base:
+            ratios.append(value / base)
     if not values:
         return "error" if any(r["status"] == "error" for r in relevant) else "-"
     text = f"{statistics.median(values):.{column.digits}f}{column.suffix}"
-    if column.ratio and ratios and pair != REFERENCE:
+    if column.ratio and ratios and pair != reference:
         text += f" ({statistics.median(ratios):.2f}x)"
     if any(r["status"] == "error" for r in relevant):
         text += " !"
@@ -108,7 +115,11 @@ def _render(header: list[str], rows: list[list[str]]) -> str:
 
 
 def report(
-    records: list[dict[str, Any]], pairs: Sequence[str], tests: Sequence[str], opts: Options
+    records: list[dict[str, Any]],
+    pairs: Sequence[str],
+    tests: Sequence[str],
+    opts: Options,
+    reference: str,
 ) -> str:
     by_rep: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for r in records:
@@ -121,7 +132,7 @@ def report(
             continue
         header = ["pair", "cipher"] + [c.title for c in shown]
         rows = [
-            [pair, ciphers.get(pair, "")] + [_cell(c, pair, by_rep) for c in shown]
+            [pair, ciphers.get(pair, "")] + [_cell(c, pair, by_rep, reference) for c in shown]
             for pair in pairs
             if any(pair in reps for reps in by_rep.values())
         ]

@@ -28,7 +28,7 @@ from benchmarks.loadgen import (
 )
 from benchmarks.pairs import Instance
 from harness.ports import LOOPBACK
-from harness.proc import tree_fds, tree_rss_kib
+from harness.proc import tree_cpu_seconds, tree_fds, tree_rss_kib
 
 CONC_PHASE_TIMEOUT = 300.0  # seconds each phase of the conc test may take in all
 
@@ -238,11 +238,18 @@ class PeakRss:
 def run_test(inst: Instance, test: str, opts: Options) -> dict[str, Any]:
     """One test on a started pair, as a JSON-able record; never raises for a test's failure."""
     record: dict[str, Any] = {"status": "ok", "metrics": {}, "notes": []}
-    peak = PeakRss(inst.roots())
+    roots = inst.roots()
+    peak = PeakRss(roots)
+    cpu_before = {side: tree_cpu_seconds(pid) for side, pid in roots.items()}
     try:
         with peak:
             result = TESTS[test](inst, opts)
         record.update(metrics=result.metrics, notes=result.notes)
+        if test == "connrate":
+            # CPU per forwarded connection, each end: its CPU seconds over the test / connections.
+            for side, pid in roots.items():
+                used = tree_cpu_seconds(pid) - cpu_before[side]
+                result.metrics[f"{side}_cpu_ms_per_conn"] = 1000 * used / opts.conns
     except VerifyError as e:
         record.update(status="failed", notes=[str(e)])
     except Exception as e:  # a benchmark records what went wrong and carries on

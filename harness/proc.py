@@ -1,6 +1,6 @@
 """
 Process trees read from /proc: what a process started (sshd forks for every connection), and
-what the whole tree holds in memory and file descriptors.
+what the whole tree holds in memory and file descriptors, and the CPU time it has used.
 """
 
 from __future__ import annotations
@@ -64,6 +64,26 @@ def rss_kib(pid: int) -> int | None:
 def tree_rss_kib(pid: int) -> int:
     """Resident memory of C{pid} and its descendants (VmRSS summed)."""
     return sum(rss_kib(p) or 0 for p in process_tree(pid))
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time C{pid} has used so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    # utime and stime: fields 14 and 15, the 12th and 13th after the command name.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time used by C{pid} and its living descendants (sshd's per-connection processes)."""
+    return sum(cpu_seconds(p) for p in process_tree(pid))
 
 
 def tree_fds(pid: int) -> int:
