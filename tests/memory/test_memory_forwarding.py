@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, TestCase
@@ -83,19 +84,25 @@ class ForwardingTests(TestCase):
         rig.app_connects(8080, peer_port=51234)
         self.assertEqual(seen, [("localhost", 8080)])
 
-    def test_nothing_is_read_before_the_channel_is_confirmed(self) -> None:
-        """The accepted socket is not read until the client has connected the destination."""
+    def test_one_read_is_held_until_the_channel_is_confirmed(self) -> None:
+        """
+        Until the client has connected the destination, the accepted socket's first read is
+        held and the socket paused; then everything arrives, in order.
+        """
         rig = self.rig("8080:127.0.0.1:80")
         self.ready(rig)
         app = rig.app_connects(8080)
-        self.assertTrue(app.reading_paused)
+        self.assertFalse(app.reading_paused)
         app.receive(b"early bytes")
         rig.flush()
-        self.assertEqual(app.inbound, [b"early bytes"])
+        self.assertTrue(app.reading_paused)
+        app.receive(b" and more")
+        rig.flush()
+        self.assertEqual(app.inbound, [b" and more"])
         destination = rig.destination_accepts()
         self.assertFalse(app.reading_paused)
         rig.flush()
-        self.assertEqual(destination.drain(), b"early bytes")
+        self.assertEqual(destination.drain(), b"early bytes and more")
 
     def test_port_zero_is_allocated_and_reported(self) -> None:
         """Port 0: the server picks a port, uses it for both families, and says which."""
@@ -204,6 +211,54 @@ class ForwardingTests(TestCase):
         self.assertEqual(self.server_connection(rig).channels, {})
         assert rig.tunnel.connection is not None
         self.assertEqual(rig.tunnel.connection.channels, {})
+
+    def test_messages_of_one_event_leave_in_one_write(self) -> None:
+        """
+        What one event makes an end send goes to its SSH socket in one write: here the client's
+        EOF and the CLOSE after it, when the destination ends a half-closed connection.
+        """
+        rig = self.rig("8080:127.0.0.1:80")
+        self.ready(rig)
+        app = rig.app_connects(8080)
+        destination = rig.destination_accepts()
+        assert rig.client is not None and rig.server is not None
+        client_writes = self.count_writes(rig.client.transport)
+        app.receive(b"request")
+        app.receive_eof()
+        rig.flush()
+        self.assertEqual(destination.drain(), b"request")
+        self.assertTrue(destination.write_closed)
+        del client_writes[:]
+        destination.receive_eof()
+        self.assertEqual(
+            [self.message_count(rig.client, data) for data in client_writes],
+            [2],
+            "EOF and CLOSE in one write",
+        )
+        rig.flush()
+        self.assertTrue(app.closed)
+        self.assertTrue(destination.closed)
+
+    def count_writes(self, transport: Any) -> list[bytes]:
+        """Every write to C{transport}, recorded before it goes on."""
+        writes: list[bytes] = []
+        original = transport.write
+
+        def write(data: bytes) -> None:
+            writes.append(data)
+            original(data)
+
+        transport.write = write
+        return writes
+
+    def message_count(self, sender: Any, data: bytes) -> int:
+        """How many sealed packets C{data} holds (AES-GCM: 4 + length + 16 each)."""
+        count, offset = 0, 0
+        while offset < len(data):
+            offset += 4 + int.from_bytes(data[offset : offset + 4], "big") + 16
+            count += 1
+        self.assertEqual(offset, len(data))
+        return count
 
     def test_slow_reader_pauses_the_sender(self) -> None:
         """A destination that stops reading stops the application's socket being read."""

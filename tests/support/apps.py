@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
@@ -151,6 +152,18 @@ async def exchange(reactor: Any, port: int, request: bytes, timeout: float = 60.
     protocol.transport.loseWriteConnection()  # type: ignore[union-attr]
     result: bytes = await protocol.done.addTimeout(timeout, reactor)
     return result
+
+
+async def refused_or_unanswered(reactor: Any, port: int, request: bytes) -> bool:
+    """
+    Whether a new connection to C{port} is not served: refused (the listener is gone), or
+    closed without a byte of answer (the listener is still there, the tunnel turns it away).
+    """
+    try:
+        answer = await exchange(reactor, port, request, timeout=5)
+    except ConnectionRefusedError:
+        return True
+    return answer == b""
 
 
 async def echo_ok(reactor: Any, port: int, payload: bytes = b"ping") -> bool:

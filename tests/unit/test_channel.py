@@ -9,6 +9,8 @@ L{tests.memory.test_memory_forwarding}.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
@@ -28,6 +30,24 @@ REMOTE_ID = 42
 Event = tuple[object, ...]
 
 
+class _RecordedBatch:
+    def __init__(self, mux: FakeMux) -> None:
+        self._mux = mux
+        self._start = 0
+
+    def __enter__(self) -> None:
+        mux = self._mux
+        if not mux.batch_depth:
+            self._start = len(mux.events)
+        mux.batch_depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        mux = self._mux
+        mux.batch_depth -= 1
+        if not mux.batch_depth:
+            mux.batches.append(mux.events[self._start :])
+
+
 @implementer(IChannelOwner)
 class FakeMux:
     """Records what the channel asks the multiplexer to send, in order, in C{events}."""
@@ -37,6 +57,8 @@ class FakeMux:
         self.senders: list[Channel] = []
         self.clock = Clock()
         self.packets_per_call: list[int] = []
+        self.batches: list[list[Event]] = []
+        self.batch_depth = 0
 
     def send_data(self, recipient: int, data: bytes | memoryview, max_packet: int) -> None:
         # The multiplexer sends one packet per max_packet bytes; record each, as bytes (the
@@ -50,6 +72,10 @@ class FakeMux:
 
     def stream_attached(self, channel: Channel) -> None:
         pass
+
+    def batch(self) -> AbstractContextManager[None]:
+        """The events of each outermost batch are also recorded together, in C{batches}."""
+        return _RecordedBatch(self)
 
     def stream_detached(self, channel: Channel) -> None:
         pass
@@ -152,15 +178,22 @@ class ChannelTestCase(SynchronousTestCase):
 class OpeningTests(ChannelTestCase):
     """Nothing is read or sent before the peer confirms the channel."""
 
-    def test_stream_not_read_before_opened(self) -> None:
-        """Attaching to an unopened channel pauses the stream; its bytes stay in the socket."""
+    def test_one_read_held_before_opened(self) -> None:
+        """
+        Before the peer confirms, the stream's first read is held and the stream paused: later
+        bytes stay in the socket, and nothing is sent.
+        """
         channel, mux = self.make()
         stream = self.attach(channel)
-        self.assertTrue(stream.reading_paused)
+        self.assertFalse(stream.reading_paused)
         self.assertIs(stream.producer, channel)
         stream.receive(b"early")
-        self.assertEqual(stream.inbound, [b"early"])
+        self.assertTrue(stream.reading_paused)
+        stream.receive(b"later")
+        self.assertEqual(stream.inbound, [b"later"])
         self.assertEqual(mux.events, [])
+        channel.opened(REMOTE_ID, 10_000, 100)
+        self.assertEqual(mux.events, [("data", REMOTE_ID, b"early"), ("data", REMOTE_ID, b"later")])
 
     def test_held_data_sent_when_opened(self) -> None:
         """Data written before opened() is held, then sent first, before the stream is read."""
@@ -462,6 +495,7 @@ class PeerEofAndCloseTests(ChannelTestCase):
         self.assertEqual(
             mux.events, [("data", REMOTE_ID, b"reply"), ("eof", REMOTE_ID), ("close", REMOTE_ID)]
         )
+        self.assertEqual(mux.batches, [[("eof", REMOTE_ID), ("close", REMOTE_ID)]])
         self.assertTrue(stream.closed)
         self.assertNoResult(channel.when_closed())
         channel.close_received_from_peer()
@@ -539,6 +573,7 @@ class LocalLossTests(ChannelTestCase):
         channel, mux, stream = self.open_attached()
         stream.reset()
         self.assertEqual(mux.events, [("close", REMOTE_ID)])
+        self.assertEqual(mux.batches, [[("close", REMOTE_ID)]])
         self.assertTrue(channel.close_sent)
 
 

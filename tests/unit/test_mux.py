@@ -8,6 +8,7 @@ L{tests.memory.test_memory_forwarding}.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -62,6 +63,9 @@ class FakeSSHTransport:
 
     def sendUnimplemented(self) -> None:
         self.unimplemented += 1
+
+    def batch(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def types(self) -> list[int]:
         return [t for t, _ in self.packets]

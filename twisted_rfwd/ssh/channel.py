@@ -20,6 +20,7 @@ What a channel needs from the multiplexer that owns it is declared as L{IChannel
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
@@ -39,6 +40,7 @@ from twisted_rfwd.protocol.channel_state import (
 )
 from twisted_rfwd.protocol.window import ReceiveWindow, SendWindow
 from twisted_rfwd.ssh.outcome import Outcome
+from twisted_rfwd.ssh.sockets import write_now
 
 __all__ = ["PACKETS_PER_TURN", "Channel", "IChannelOwner", "LocalStream"]
 
@@ -88,6 +90,9 @@ class IChannelOwner(Interface):
 
     def send_close(recipient: int) -> None:
         """Send C{CHANNEL_CLOSE}."""
+
+    def batch() -> AbstractContextManager[None]:
+        """A context whose messages leave together (an EOF and the CLOSE after it)."""
 
     def sending(channel: Channel) -> None:
         """C{channel} is about to send data: hold it at once if the SSH connection is full."""
@@ -197,12 +202,16 @@ class Channel:
         return self._closed.wait()
 
     def attach(self, stream: LocalStream) -> None:
-        """Connect the local stream; until the channel is open, the stream is not read."""
+        """
+        Connect the local stream.  It is read at once, even before the channel is open: the
+        first bytes (a request, typically) are then ready to go with the confirmation instead
+        of a reactor turn after it.  What it reads before the confirmation is held, and the
+        stream paused, so one read is the most an unconfirmed channel keeps, as for a channel
+        whose window is used up.
+        """
         self._stream = stream
         self._mux.stream_attached(self)
         stream.registerProducer(self, True)
-        if not self.is_open:
-            self._pause_source()
 
     # -- called by the local stream ------------------------------------------------------------
 
@@ -226,7 +235,8 @@ class Channel:
         if self._pending or not self.is_open:
             self._send = next_send_state(self._send, Event.STREAM_EOF)
             return
-        self._send_eof()
+        with self._mux.batch():
+            self._send_eof()
 
     def local_write_closed(self) -> None:
         """The local stream finished sending the peer's data and shut down its write side."""
@@ -242,7 +252,8 @@ class Channel:
             self._send = next_send_state(self._send, Event.STREAM_EOF)
             return
         self._pending.clear()
-        self._send_close()
+        with self._mux.batch():
+            self._send_close()
 
     # -- IPushProducer, driven by the local stream's write buffer -------------------------------
 
@@ -318,7 +329,7 @@ class Channel:
             # window above still counted it.
             return
         self.bytes_received += size
-        stream.write(data)
+        write_now(stream, data)
         self.window.consumed(size)
         if not self._credit_paused:
             credit = self.window.credit_due()

@@ -23,6 +23,7 @@ Phases of one connection, as both sides see them:
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 from zope.interface import Interface
@@ -75,6 +76,9 @@ class ISSHTransport(Interface):
 
     def sendDisconnect(reason: int, desc: bytes) -> None:
         """Send C{SSH_MSG_DISCONNECT} and close the connection; the caller has logged why."""
+
+    def batch() -> AbstractContextManager[None]:
+        """A context whose packets are written together, with one send(), when it ends."""
 
     def sendUnimplemented() -> None:
         """Answer the packet being handled with C{SSH_MSG_UNIMPLEMENTED}."""

@@ -21,6 +21,7 @@ Rules kept here, as OpenSSH peers expect them:
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from twisted.conch.ssh.service import SSHService
@@ -225,6 +226,9 @@ class ChannelMux(GlobalRequests, SenderBackPressure, SSHService):
 
     def send_eof(self, recipient: int) -> None:
         self.transport.sendPacket(wire.MSG_CHANNEL_EOF, wire.pack_uint32(recipient))
+
+    def batch(self) -> AbstractContextManager[None]:
+        return self.transport.batch()
 
     def send_close(self, recipient: int) -> None:
         self.transport.sendPacket(wire.MSG_CHANNEL_CLOSE, wire.pack_uint32(recipient))

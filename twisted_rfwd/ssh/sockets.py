@@ -8,15 +8,20 @@ from __future__ import annotations
 import contextlib
 import socket
 
+from twisted.internet import tcp, unix
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import ITCPTransport
 
-__all__ = ["READ_SIZE", "ack_promptly", "set_tcp_nodelay"]
+__all__ = ["READ_SIZE", "ack_promptly", "set_tcp_nodelay", "write_now"]
 
 # Bytes read per recv() on our sockets (Twisted's default is 64 KiB): fewer, larger reads mean
 # fewer reactor turns and fewer SSH packets per byte.  It is also Twisted's write high-water
 # mark, which stays well below the channel windows.
 READ_SIZE = 512 * 1024
+
+# The transports whose buffer write_now may look into: Twisted's own stream sockets, exactly
+# (a subclass, TLS say, may change what write does).
+_DIRECT_TYPES = frozenset({tcp.Server, tcp.Client, unix.Server, unix.Client})
 
 # Linux only: acknowledge received segments at once rather than after a delay.
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
@@ -47,3 +52,32 @@ def ack_promptly(transport: object) -> None:
         return
     with contextlib.suppress(OSError, AttributeError):  # not a TCP socket
         get_handle().setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+
+
+def write_now(transport: object, data: bytes) -> None:
+    """
+    Write C{data}, with one send() at once when nothing is queued ahead of it.
+
+    Twisted queues every write until the reactor's next turn: two epoll_ctl calls, a poll
+    event and a turn per write.  A tunnel's short connections write a few small messages
+    each, so that machinery is most of what they cost.  What the socket does not take, and
+    anything written while older bytes wait, goes through Twisted's own write.
+    """
+    if (
+        type(transport) in _DIRECT_TYPES
+        and not transport._tempDataLen  # type: ignore[attr-defined]
+        and transport.offset == len(transport.dataBuffer)  # type: ignore[attr-defined]
+        and transport.connected  # type: ignore[attr-defined]
+        and not transport.disconnecting  # type: ignore[attr-defined]
+        and not transport._writeDisconnecting  # type: ignore[attr-defined]
+    ):
+        try:
+            sent = transport.socket.send(data)  # type: ignore[attr-defined]
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # Twisted's write meets the same error and reports it as connection lost
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)  # type: ignore[attr-defined]

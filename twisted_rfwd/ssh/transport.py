@@ -60,7 +60,7 @@ from twisted_rfwd.protocol.wire import (
 from twisted_rfwd.ssh.interfaces import IChannelDataSink, IKeyExchangeObserver, ISSHTransport
 from twisted_rfwd.ssh.kex import HybridKeyExchange, client_choice
 from twisted_rfwd.ssh.metrics import NO_METRICS, Metrics
-from twisted_rfwd.ssh.sockets import ack_promptly, set_tcp_nodelay
+from twisted_rfwd.ssh.sockets import ack_promptly, set_tcp_nodelay, write_now
 
 __all__ = [
     "CIPHERS",
@@ -100,6 +100,27 @@ def _mac_name(cipher: bytes, mac: bytes) -> str:
 
 # What a CHANNEL_DATA packet adds to its data before sealing.
 _DATA_OVERHEAD = CHANNEL_DATA_HEADER.size
+
+
+class WriteBatch:
+    """Holds a transport's packets while open (it nests); see L{TransportMixin.batch}."""
+
+    __slots__ = ("_depth", "_transport")
+
+    def __init__(self, transport: TransportMixin) -> None:
+        self._transport = transport
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        if not self._depth:
+            self._transport._held = []
+        self._depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self._transport.write_held()
+            self._transport._held = None
 
 
 @implementer(ISSHTransport)
@@ -150,6 +171,9 @@ class TransportMixin(HybridKeyExchange):
         self._received = bytearray()
         # Where CHANNEL_DATA packets are sealed before they are written; kept and reused.
         self._output = memoryview(bytearray())
+        # Packets held while a batch is open (see batch()), written together when it ends.
+        self._held: list[bytes] | None = None
+        self._batch = WriteBatch(self)
         self._strict = False
         self._initial_kex = True
         self._awaiting_keys = False
@@ -230,9 +254,29 @@ class TransportMixin(HybridKeyExchange):
         # One copy, because Twisted takes only bytes; every packet goes in one write.
         self._write([bytes(out[:written])])
 
+    def batch(self) -> WriteBatch:
+        """
+        A context in which the packets sent are held, then written with one send() when the
+        outermost batch ends.  Every read of the SSH socket is one batch, so what answers it
+        (a confirmation, window credit, an EOF and a CLOSE) leaves together.
+        """
+        return self._batch
+
+    def write_held(self) -> None:
+        """Write what the open batch holds now (before a disconnect, say); it stays open."""
+        held = self._held
+        if held and self.transport is not None:
+            self._held = []
+            write_now(self.transport, held[0] if len(held) == 1 else b"".join(held))
+
     def _write(self, sealed: list[bytes]) -> None:
-        self.transport.writeSequence(sealed)
-        self._bytes_out += sum(map(len, sealed))
+        data = sealed[0] if len(sealed) == 1 else b"".join(sealed)
+        self._bytes_out += len(data)
+        held = self._held
+        if held is not None:
+            held.append(data)
+        else:
+            write_now(self.transport, data)
         limit = self.rekey_bytes
         if limit is not None and self._bytes_out > limit:
             self._rekey("sent")
@@ -251,11 +295,16 @@ class TransportMixin(HybridKeyExchange):
         # Whoever decided to disconnect has logged why: no second line with the same reason.
         self._log.debug("Disconnecting {peer} (code {code})", peer=self._peer(), code=reason)
         if self.transport is not None:
+            self.write_held()
             self.transport.loseConnection()
 
     # -- receiving ---------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        with self._batch:
+            self._data_received(data)
+
+    def _data_received(self, data: bytes) -> None:
         if self.key_exchange_running:
             self._ack_promptly()
         try:
