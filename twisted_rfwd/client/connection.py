@@ -242,9 +242,7 @@ class ForwardingClientConnection(ChannelMux):
             # An rfwd: endpoint: the channel goes to a protocol in this process.
             handled: Deferred[Any] = maybeDeferred(handler, spec, request, channel)
             return handled
-        origin = host_port(request.originator_address, request.originator_port)
-        where = f"from {origin} on remote port {request.connected_port}"
-        return self._connect_to(spec, where, channel)
+        return self._connect_to(spec, request, channel)
 
     def _open_streamlocal(
         self, request: wire.ForwardedStreamlocal, channel: Channel
@@ -266,8 +264,13 @@ class ForwardingClientConnection(ChannelMux):
             raise ChannelOpenFailed(wire.OPEN_ADMINISTRATIVELY_PROHIBITED, "unknown listen path")
         return self._connect_to(spec, f"on remote socket {spec.listen_path}", channel)
 
-    def _connect_to(self, spec: RemoteForward, where: str, channel: Channel) -> Deferred[Any]:
-        """Connect the forward's destination (a host and port, or a Unix socket)."""
+    def _connect_to(
+        self, spec: RemoteForward, opened: wire.ForwardedTcpip | str, channel: Channel
+    ) -> Deferred[Any]:
+        """
+        Connect the forward's destination (a host and port, or a Unix socket); C{opened} is the
+        channel's request, or where it came from, described only for a failure's log line.
+        """
         d: Deferred[Any]
         if spec.host_path is not None:
             d = connect_socket(self.reactor, spec.host_path, channel)
@@ -276,6 +279,11 @@ class ForwardingClientConnection(ChannelMux):
 
         def failed(failure: Failure) -> Failure:
             reason = connect_error_text(failure)
+            if isinstance(opened, str):
+                where = opened
+            else:
+                origin = host_port(opened.originator_address, opened.originator_port)
+                where = f"from {origin} on remote port {opened.connected_port}"
             self._log.warn(
                 "Forwarded connection {where}: connect to {destination} failed: {reason}",
                 where=where,

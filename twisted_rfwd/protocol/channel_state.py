@@ -67,7 +67,16 @@ __all__ = [
 ]
 
 
-class ChannelState(enum.Enum):
+class _IdentityHashed(enum.Enum):
+    """
+    Members hashed by identity: they are looked up in the tables several times per channel
+    message, and Enum's own hash (of the member's name) is a Python call each time.
+    """
+
+    __hash__ = object.__hash__
+
+
+class ChannelState(_IdentityHashed):
     """The channel as a whole: the open handshake, then the CLOSE handshake."""
 
     OPENING = "opening"
@@ -78,7 +87,7 @@ class ChannelState(enum.Enum):
     FAILED = "never opened"
 
 
-class SendState(enum.Enum):
+class SendState(_IdentityHashed):
     """Our direction: from the local stream to the peer."""
 
     OPEN = "open"
@@ -87,7 +96,7 @@ class SendState(enum.Enum):
     DISCARDED = "discarded"
 
 
-class ReceiveState(enum.Enum):
+class ReceiveState(_IdentityHashed):
     """The peer's direction: from the peer to the local stream."""
 
     OPEN = "open"
@@ -96,7 +105,7 @@ class ReceiveState(enum.Enum):
     FINISHED = "finished"
 
 
-class Event(enum.Enum):
+class Event(_IdentityHashed):
     """What happens to a channel; the value names it for error messages."""
 
     CONFIRMED = "the channel's confirmation"

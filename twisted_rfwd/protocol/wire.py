@@ -65,15 +65,19 @@ class Reader:
         self._what = what
 
     def _take(self, n: int) -> bytes:
-        end = self._offset + n
+        start = self._offset
+        end = start + n
         if end > len(self._data):
-            raise MalformedPacket(self._what, f"truncated at byte {self._offset}")
-        chunk = self._data[self._offset : end]
+            raise MalformedPacket(self._what, f"truncated at byte {start}")
         self._offset = end
-        return chunk
+        return self._data[start:end]
 
     def uint32(self) -> int:
-        value: int = _UINT32.unpack(self._take(4))[0]
+        start = self._offset
+        if start + 4 > len(self._data):
+            raise MalformedPacket(self._what, f"truncated at byte {start}")
+        self._offset = start + 4
+        value: int = _UINT32.unpack_from(self._data, start)[0]
         return value
 
     def boolean(self) -> bool:

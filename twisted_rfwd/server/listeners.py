@@ -271,7 +271,7 @@ class ForwardedConnection(ChannelRelay):
         self.channel = self.listener.open_channel(peer)
         self.listener.connection_opened(self)
         super().connectionMade()
-        self.channel.when_opened().addErrback(self._refused, self.listener.describe_peer(peer))
+        self.channel.when_opened().addErrback(self._refused, peer)
 
     budget: DescriptorBudget | None = None
 
@@ -283,12 +283,12 @@ class ForwardedConnection(ChannelRelay):
             self.listener.connection_closed(self, self.channel)
             super().connectionLost(reason)
 
-    def _refused(self, failure: Failure, peer: str) -> None:
+    def _refused(self, failure: Failure, peer: object) -> None:
         self.listener.note(
             "forwarded connections not opened",
             LogLevel.info,
             "Forwarded connection from {peer} to {target} of {user} not opened: {reason}",
-            peer=peer,
+            peer=self.listener.describe_peer(peer),
             target=self.listener.target,
             user=self.listener.user,
             reason=failure.getErrorMessage(),
