@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
+from harness.plugins import SERVER_LISTENING, rfwd_server_argv
 from tests.support.apps import start_app_server, wait_until_echo
 from tests.support.keys import new_key, public_line
 from tests.support.pairs import Keys, make_keys, ssh_config, start_rfwd_client, start_rfwd_server
@@ -301,3 +302,18 @@ class PluginListingTests(TestCase):
         await child.wait_ended(30)
         self.assertIn("rfwd-server", child.output(500))
         self.assertIn("rfwd-client", child.output(500))
+
+
+class ReactorTests(CommandTestCase):
+    """Both plugins run on rfwd's reactor, unless twistd's --reactor asks for another."""
+
+    async def test_plugins_run_on_the_tunnel_reactor(self) -> None:
+        server, _ = await start_rfwd_server(self, reactor(), self.keys())
+        await server.wait_for(r"reactor class: twisted_rfwd\.ssh\.reactor\.TunnelReactor")
+
+    async def test_reactor_option_wins(self) -> None:
+        argv = rfwd_server_argv(self.keys())
+        argv.insert(argv.index("rfwd-server"), "--reactor=poll")
+        server = spawn(self, reactor(), "rfwd-server", argv, env=plugin_env())
+        await server.wait_for(r"reactor class: twisted\.internet\.pollreactor\.PollReactor")
+        await server.wait_for(SERVER_LISTENING)
