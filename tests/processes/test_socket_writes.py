@@ -90,6 +90,17 @@ class WriteNowTests(TestCase):
         write_now(transport, b"last words")
         self.assertEqual(await deferToThread(_read_until_eof, client), b"last words")
 
+    async def test_a_view_is_sent_or_copied_to_wait(self) -> None:
+        """A view (of a decrypted packet) goes straight out; what must wait is copied first."""
+        transport, client = await self.accepted()
+        packet = bytearray(b"header:payload")
+        write_now(transport, memoryview(packet)[7:])
+        self.assertEqual(client.recv(100), b"payload")
+        other = StringTransport()  # whose write takes bytes only
+        write_now(other, memoryview(packet)[7:])
+        packet[7:] = b"changed"
+        self.assertEqual(other.value(), b"payload")
+
     def test_other_transports_get_an_ordinary_write(self) -> None:
         """A transport that is not one of Twisted's sockets is written to as usual."""
         transport = StringTransport()

@@ -1,14 +1,20 @@
-# No imports of twisted_rfwd here: twistd scans this file at every start.
+# No imports of twisted_rfwd at the top: twistd scans this file at every start.
+from typing import Any
+
 from twisted.application.service import ServiceMaker
 
 
 class _TunnelServiceMaker(ServiceMaker):
-    """Installs rfwd's reactor (unless twistd's --reactor chose one) before the plugin loads."""
+    """
+    Installs rfwd's reactor (L{twisted_rfwd.ssh.reactor}) when the plugin is chosen, before its
+    module loads, unless twistd's --reactor has installed one already.
+    """
 
     @property
-    def options(self):  # type: ignore[no-untyped-def]
+    def options(self) -> Any:
         try:
-            from twisted_rfwd.ssh.reactor import install_unless_chosen
+            # Here, not at the top: only when this plugin runs.
+            from twisted_rfwd.ssh.reactor import install_unless_chosen  # noqa: PLC0415
         except ImportError:  # no epoll here: Twisted's default reactor
             pass
         else:

@@ -332,16 +332,16 @@ def pack_channel_data_header(recipient: int, length: int) -> bytes:
     return CHANNEL_DATA_HEADER.pack(MSG_CHANNEL_DATA, recipient, length)
 
 
-def parse_channel_data(payload: bytes) -> tuple[int, bytes]:
+def parse_channel_data(payload: bytes) -> tuple[int, memoryview]:
     """Channel number and data of C{SSH_MSG_CHANNEL_DATA}; the hot path, so no Reader."""
     return parse_channel_data_in(payload, 0, len(payload))
 
 
-def parse_channel_data_in(buffer: bytes, start: int, end: int) -> tuple[int, bytes]:
+def parse_channel_data_in(buffer: bytes, start: int, end: int) -> tuple[int, memoryview]:
     """
     Channel number and data of the C{SSH_MSG_CHANNEL_DATA} body C{buffer[start:end]} (after the
-    message number): the packet layer's plaintext, whose data is sliced out once, never copied
-    into a payload first.
+    message number): the packet layer's plaintext.  The data is a view into it, not a copy: the
+    socket write it goes to takes a view, and only what has to wait is copied.
     """
     if end - start < 8:
         raise MalformedPacket("SSH_MSG_CHANNEL_DATA", "shorter than its header")
@@ -350,7 +350,7 @@ def parse_channel_data_in(buffer: bytes, start: int, end: int) -> tuple[int, byt
         raise MalformedPacket(
             "SSH_MSG_CHANNEL_DATA", f"length field {length} but {end - start - 8} bytes follow"
         )
-    return recipient, buffer[start + 8 : end]
+    return recipient, memoryview(buffer)[start + 8 : end]
 
 
 def parse_extended_data(payload: bytes) -> tuple[int, int, bytes]:

@@ -319,8 +319,11 @@ class Channel:
         self._release()
         self._opened.settle(reason)
 
-    def data_received(self, data: bytes) -> None:
-        """C{CHANNEL_DATA} from the peer: hand it to the stream, account the window."""
+    def data_received(self, data: bytes | memoryview) -> None:
+        """
+        C{CHANNEL_DATA} from the peer: hand it to the stream, account the window.  C{data} may
+        be a view into the packet, so it is not kept beyond the write.
+        """
         size = len(data)
         self.window.data_received(size)
         stream = self._stream

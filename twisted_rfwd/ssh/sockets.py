@@ -54,9 +54,10 @@ def ack_promptly(transport: object) -> None:
         get_handle().setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
 
-def write_now(transport: object, data: bytes) -> None:
+def write_now(transport: object, data: bytes | memoryview) -> None:
     """
-    Write C{data}, with one send() at once when nothing is queued ahead of it.
+    Write C{data}, with one send() at once when nothing is queued ahead of it.  C{data} may be
+    a view (of a packet just decrypted): it is copied only if it has to wait.
 
     Twisted queues every write until the reactor's next turn: two epoll_ctl calls, a poll
     event and a turn per write.  A tunnel's short connections write a few small messages
@@ -80,4 +81,4 @@ def write_now(transport: object, data: bytes) -> None:
         if sent == len(data):
             return
         data = data[sent:]
-    transport.write(data)  # type: ignore[attr-defined]
+    transport.write(data if type(data) is bytes else bytes(data))  # type: ignore[attr-defined]
