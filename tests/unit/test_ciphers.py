@@ -88,6 +88,24 @@ class RoundTripTests(SynchronousTestCase):
                 offset += size
             self.assertEqual(offset, written)
 
+    def test_seal_and_seal_into_interleave(self) -> None:
+        """
+        A packet sealed by itself (a small message) and the next sealed into a buffer (bulk
+        data) share one sequence: the peer reads them in turn, of the same size either way.
+        """
+        for cipher, mac in SUITES:
+            sealer, opener = pair(cipher, mac)
+            for seq in range(6):
+                payload = os.urandom(seq * 7)
+                if seq % 2:
+                    wire = b"".join(sealer.seal(seq, b"^", payload))
+                else:
+                    buffer = memoryview(bytearray(sealer.sealed_size(1 + len(payload))))
+                    n = sealer.seal_into(buffer, seq, b"^", payload)
+                    wire = bytes(buffer[:n])
+                self.assertEqual(len(wire), sealer.sealed_size(1 + len(payload)), cipher)
+                self.assertEqual(read(opener, seq, wire), b"^" + payload, (cipher, mac))
+
     def test_encrypted_length_is_block_aligned(self) -> None:
         """Padding makes the packet a whole number of cipher blocks, with at least 4 bytes."""
         # (block, trailer bytes after the body, whether the length field counts) per suite.

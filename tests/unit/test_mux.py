@@ -283,6 +283,58 @@ class ChannelMessageTests(MuxTestCase):
         self.assertEqual(stream.drain(), b"payload")
         self.assertEqual(transport.disconnects, [])
 
+    def test_data_of_one_read_is_one_write(self) -> None:
+        """
+        CHANNEL_DATA from the packet layer waits for the end of the read: what one read
+        brought a channel reaches its stream in one write.
+        """
+        mux, _ = self.base_mux()
+        channel, stream = self.open_ours(mux)
+        writes = self.record_writes(stream)
+        for part in (b"one ", b"two"):
+            body = wire.pack_channel_data(channel.local_id, part)
+            mux.channel_data(body, 0, len(body))
+        self.assertEqual(writes, [])
+        mux.read_done()
+        self.assertEqual(writes, [b"one two"])
+
+    def test_data_of_a_read_goes_before_a_later_message_acts(self) -> None:
+        """An EOF in the same read as data half-closes the stream only after the data."""
+        mux, _ = self.base_mux()
+        channel, stream = self.open_ours(mux)
+        writes = self.record_writes(stream)
+        body = wire.pack_channel_data(channel.local_id, b"last words")
+        mux.channel_data(body, 0, len(body))
+        mux.packetReceived(wire.MSG_CHANNEL_EOF, wire.pack_uint32(channel.local_id))
+        self.assertEqual(writes, [b"last words"])
+        self.assertTrue(stream.write_closing)
+        mux.read_done()
+        self.assertEqual(writes, [b"last words"])
+
+    def test_window_checked_packet_by_packet_within_a_read(self) -> None:
+        """Data beyond the window is refused when its packet arrives, not at the read's end."""
+        mux, transport = self.base_mux()
+        channel, stream = self.open_ours(mux)
+        writes = self.record_writes(stream)
+        body = wire.pack_channel_data(channel.local_id, b"a" * 1000)
+        for _ in range(mux.window_size // 1000 + 1):
+            mux.channel_data(body, 0, len(body))
+        self.assertEqual(len(transport.disconnects), 1)
+        self.assertIn(b"window", transport.disconnects[0][1])
+        self.assertEqual(writes, [], "written before the read was done")
+
+    def record_writes(self, stream: FakeStream) -> list[bytes]:
+        """The stream's writes, each as one item."""
+        writes: list[bytes] = []
+        original = stream.write
+
+        def write(data: bytes) -> None:
+            writes.append(bytes(data))
+            original(data)
+
+        stream.write = write  # type: ignore[method-assign]
+        return writes
+
     def test_data_sent_in_packets_of_at_most_max_packet(self) -> None:
         """Data to send is cut into CHANNEL_DATA packets no larger than the peer's maximum."""
         mux, transport = self.base_mux()

@@ -320,17 +320,29 @@ class Channel:
         self._opened.settle(reason)
 
     def data_received(self, data: bytes | memoryview) -> None:
+        """C{CHANNEL_DATA} from the peer: account the window, and write it to the stream."""
+        if self.data_arrived(data):
+            self.deliver(data)
+
+    def data_arrived(self, data: bytes | memoryview) -> bool:
         """
-        C{CHANNEL_DATA} from the peer: hand it to the stream, account the window.  C{data} may
-        be a view into the packet, so it is not kept beyond the write.
+        C{CHANNEL_DATA} from the peer, counted against the window at once (a peer beyond it is
+        refused here): whether the stream is to get it, with L{deliver}.  After the peer's EOF,
+        or our CLOSE, or with the stream gone, it is dropped.
         """
-        size = len(data)
-        self.window.data_received(size)
+        self.window.data_received(len(data))
+        return self._receive is _RECEIVING and self._state is _OPEN and self._stream is not None
+
+    def deliver(self, data: bytes | memoryview) -> None:
+        """
+        Write data that L{data_arrived} accepted to the stream, and grant window for it.  The
+        multiplexer delivers what one read of the SSH socket brought a channel in one call;
+        C{data} may be a view into a packet, so it is not kept beyond the write.
+        """
         stream = self._stream
-        if self._receive is not _RECEIVING or self._state is not _OPEN or stream is None:
-            # After the peer's EOF, or our CLOSE, or with the stream gone: dropped, but the
-            # window above still counted it.
+        if stream is None or self._receive is not _RECEIVING or self._state is not _OPEN:
             return
+        size = len(data)
         self.bytes_received += size
         write_now(stream, data)
         self.window.consumed(size)

@@ -38,8 +38,12 @@ class IChannelDataSink(Interface):
         """
         One C{SSH_MSG_CHANNEL_DATA}: its body (after the message number) is
         C{plaintext[start:end]}, so the data is sliced out of the decrypted packet once.  The
-        sink handles the peer's protocol errors itself.
+        sink handles the peer's protocol errors itself.  It may hold the data until
+        L{read_done}, to write what one read brought for a channel at once.
         """
+
+    def read_done() -> None:
+        """Every packet of one read of the SSH socket has been dispatched."""
 
 
 class IKeyExchangeObserver(Interface):

@@ -116,6 +116,8 @@ class ChannelMux(GlobalRequests, SenderBackPressure, SSHService):
         self._idle_waiters: list[Deferred[None]] = []
         # Channels whose local socket is still open (it may outlive the channel to flush).
         self._streams: set[Channel] = set()
+        # CHANNEL_DATA of the read in progress, per channel, until read_done.
+        self._arrived: dict[Channel, list[memoryview]] = {}
         self._ended: Outcome[None] = Outcome()
         self._handlers: dict[int, Callable[[bytes], None]] = {
             **self.global_request_handlers(),
@@ -190,9 +192,26 @@ class ChannelMux(GlobalRequests, SenderBackPressure, SSHService):
         """
         try:
             recipient, data = _parse_channel_data_in(plaintext, start, end)
-            self._open_channel(recipient, "CHANNEL_DATA").data_received(data)
+            channel = self._open_channel(recipient, "CHANNEL_DATA")
+            if channel.data_arrived(data):
+                # Written when the read is done, with whatever else it brings this channel.
+                parts = self._arrived.get(channel)
+                if parts is None:
+                    self._arrived[channel] = [data]
+                else:
+                    parts.append(data)
         except RemoteProtocolError as e:
             self.protocol_error(str(e))
+
+    def read_done(self) -> None:
+        if self._arrived:
+            self._deliver_arrived()
+
+    def _deliver_arrived(self) -> None:
+        """Each channel's data of this read to its stream, in one write."""
+        arrived, self._arrived = self._arrived, {}
+        for channel, parts in arrived.items():
+            channel.deliver(parts[0] if len(parts) == 1 else b"".join(parts))
 
     def send_channel_request(
         self, recipient: int, name: bytes, want_reply: bool, data: bytes
@@ -326,6 +345,9 @@ class ChannelMux(GlobalRequests, SenderBackPressure, SSHService):
     # -- SSHService ---------------------------------------------------------------------------
 
     def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        if self._arrived:
+            # Data that came before this message goes to the streams before it acts (an EOF).
+            self._deliver_arrived()
         handler = self._handlers.get(messageNum)
         if handler is None:
             self.transport.sendUnimplemented()

@@ -100,6 +100,9 @@ def _mac_name(cipher: bytes, mac: bytes) -> str:
 
 # What a CHANNEL_DATA packet adds to its data before sealing.
 _DATA_OVERHEAD = CHANNEL_DATA_HEADER.size
+# CHANNEL_DATA up to this size is sealed as a packet of its own (Sealer.seal), not in the
+# reused buffer: cheaper for a request or a reply, where copying is nothing.
+_SMALL_DATA = 1024
 
 
 class WriteBatch:
@@ -230,6 +233,12 @@ class TransportMixin(HybridKeyExchange):
         if not size:
             return
         sealer = self._sealer
+        if size <= _SMALL_DATA and size <= max_packet:
+            # One small packet (a request, a reply): sealed by itself, without the buffer.
+            seq = self.outgoingPacketSequence
+            self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
+            self._write(sealer.seal(seq, pack_channel_data_header(recipient, size), data))
+            return
         packets, last = divmod(size, max_packet)
         full_size = sealer.sealed_size(_DATA_OVERHEAD + max_packet)
         if last:
@@ -302,7 +311,12 @@ class TransportMixin(HybridKeyExchange):
 
     def dataReceived(self, data: bytes) -> None:
         with self._batch:
-            self._data_received(data)
+            try:
+                self._data_received(data)
+            finally:
+                sink = self._channel_data_sink
+                if sink is not None:
+                    sink.read_done()
 
     def _data_received(self, data: bytes) -> None:
         if self.key_exchange_running:
