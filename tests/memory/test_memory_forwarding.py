@@ -239,6 +239,23 @@ class ForwardingTests(TestCase):
         self.assertTrue(app.closed)
         self.assertTrue(destination.closed)
 
+    def test_data_sealed_in_a_batch_is_kept_intact(self) -> None:
+        """
+        Channel data sealed while a batch holds the writes is copied out of the reused seal
+        buffer: two sends in one batch both arrive intact, in order.
+        """
+        rig = self.rig("8080:127.0.0.1:80")
+        self.ready(rig)
+        app = rig.app_connects(8080)
+        destination = rig.destination_accepts()
+        assert rig.client is not None
+        first, second = bytes(range(256)) * 16, bytes(reversed(range(256))) * 16
+        with rig.client.batch():
+            destination.receive(first)
+            destination.receive(second)
+        rig.flush()
+        self.assertEqual(app.drain(), first + second)
+
     def count_writes(self, transport: Any) -> list[bytes]:
         """Every write to C{transport}, recorded before it goes on."""
         writes: list[bytes] = []

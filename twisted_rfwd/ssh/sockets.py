@@ -57,7 +57,8 @@ def ack_promptly(transport: object) -> None:
 def write_now(transport: object, data: bytes | memoryview) -> None:
     """
     Write C{data}, with one send() at once when nothing is queued ahead of it.  C{data} may be
-    a view (of a packet just decrypted): it is copied only if it has to wait.
+    a view (of a packet just decrypted, of a reused buffer): it is copied only if it has to
+    wait.
 
     Twisted queues every write until the reactor's next turn: two epoll_ctl calls, a poll
     event and a turn per write.  A tunnel's short connections write a few small messages

@@ -260,8 +260,15 @@ class TransportMixin(HybridKeyExchange):
             written += seal_into(out[written:], seq, header, chunk)
             seq = (seq + 1) & 0xFFFFFFFF
         self.outgoingPacketSequence = seq
-        # One copy, because Twisted takes only bytes; every packet goes in one write.
-        self._write([bytes(out[:written])])
+        # Every packet in one write, from the reused buffer: copied only if it has to wait (in a
+        # batch, or for the socket to take it), as the next call overwrites the buffer.
+        sealed = out[:written]
+        self._bytes_out += written
+        if self._held is not None:
+            self._held.append(bytes(sealed))
+        else:
+            write_now(self.transport, sealed)
+        self._check_rekey_limit()
 
     def batch(self) -> WriteBatch:
         """
@@ -286,6 +293,9 @@ class TransportMixin(HybridKeyExchange):
             held.append(data)
         else:
             write_now(self.transport, data)
+        self._check_rekey_limit()
+
+    def _check_rekey_limit(self) -> None:
         limit = self.rekey_bytes
         if limit is not None and self._bytes_out > limit:
             self._rekey("sent")
