@@ -121,7 +121,7 @@ class _ClientThat(ClientTransport):
 
     def send_now(self, message: int, payload: bytes) -> None:
         seq = self.outgoingPacketSequence
-        self._write(self._sealer.seal(seq, bytes((message,)) + payload))
+        self._write(b"".join(self._sealer.seal(seq, bytes((message,)) + payload)))
         self.outgoingPacketSequence = seq + 1
 
     def sendKexInit(self) -> None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable
 
 from twisted.internet import tcp, unix
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import ITCPTransport
 
-__all__ = ["READ_SIZE", "ack_promptly", "set_tcp_nodelay", "write_now"]
+__all__ = ["READ_SIZE", "WriteBatch", "ack_promptly", "set_tcp_nodelay", "write_now"]
 
 # Bytes read per recv() on our sockets (Twisted's default is 64 KiB): fewer, larger reads mean
 # fewer reactor turns and fewer SSH packets per byte.  It is also Twisted's write high-water
@@ -83,3 +84,43 @@ def write_now(transport: object, data: bytes | memoryview) -> None:
             return
         data = data[sent:]
     transport.write(data if type(data) is bytes else bytes(data))  # type: ignore[attr-defined]
+
+
+class WriteBatch:
+    """
+    Holds writes while open (it nests), and hands them, joined, to C{write} when the outermost
+    batch ends: what one event sends leaves in one send().
+    """
+
+    __slots__ = ("_depth", "_held", "_write")
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self._depth = 0
+        self._held: list[bytes] | None = None
+
+    def __enter__(self) -> None:
+        if not self._depth:
+            self._held = []
+        self._depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self.flush()
+            self._held = None
+
+    def hold(self, data: bytes | memoryview) -> bool:
+        """Keep C{data} (a view is copied) if a batch is open; whether it was kept."""
+        held = self._held
+        if held is None:
+            return False
+        held.append(data if type(data) is bytes else bytes(data))
+        return True
+
+    def flush(self) -> None:
+        """Write what is held now (before a disconnect, say); the batch stays open."""
+        held = self._held
+        if held:
+            self._held = []
+            self._write(held[0] if len(held) == 1 else b"".join(held))

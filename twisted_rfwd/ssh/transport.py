@@ -60,7 +60,7 @@ from twisted_rfwd.protocol.wire import (
 from twisted_rfwd.ssh.interfaces import IChannelDataSink, IKeyExchangeObserver, ISSHTransport
 from twisted_rfwd.ssh.kex import HybridKeyExchange, client_choice
 from twisted_rfwd.ssh.metrics import NO_METRICS, Metrics
-from twisted_rfwd.ssh.sockets import ack_promptly, set_tcp_nodelay, write_now
+from twisted_rfwd.ssh.sockets import WriteBatch, ack_promptly, set_tcp_nodelay, write_now
 
 __all__ = [
     "CIPHERS",
@@ -105,25 +105,9 @@ _DATA_OVERHEAD = CHANNEL_DATA_HEADER.size
 _SMALL_DATA = 1024
 
 
-class WriteBatch:
-    """Holds a transport's packets while open (it nests); see L{TransportMixin.batch}."""
-
-    __slots__ = ("_depth", "_transport")
-
-    def __init__(self, transport: TransportMixin) -> None:
-        self._transport = transport
-        self._depth = 0
-
-    def __enter__(self) -> None:
-        if not self._depth:
-            self._transport._held = []
-        self._depth += 1
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._depth -= 1
-        if not self._depth:
-            self._transport.write_held()
-            self._transport._held = None
+def _joined(pieces: list[bytes]) -> bytes:
+    """A sealer's pieces of one packet (AEAD sealers make one) as one string."""
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 @implementer(ISSHTransport)
@@ -174,9 +158,8 @@ class TransportMixin(HybridKeyExchange):
         self._received = bytearray()
         # Where CHANNEL_DATA packets are sealed before they are written; kept and reused.
         self._output = memoryview(bytearray())
-        # Packets held while a batch is open (see batch()), written together when it ends.
-        self._held: list[bytes] | None = None
-        self._batch = WriteBatch(self)
+        # Holds what is sent while a batch is open (see batch()); writes it when it ends.
+        self._batch = WriteBatch(self._write_out)
         self._strict = False
         self._initial_kex = True
         self._awaiting_keys = False
@@ -209,7 +192,7 @@ class TransportMixin(HybridKeyExchange):
         seq = self.outgoingPacketSequence
         sealed = self._sealer.seal(seq, bytes((messageType,)) + payload)
         self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
-        self._write(sealed)
+        self._write(_joined(sealed))
         if messageType == MSG_NEWKEYS:
             # Everything after our NEWKEYS goes out under the new keys.
             self._sealer = self.next_ciphers.sealer
@@ -237,7 +220,7 @@ class TransportMixin(HybridKeyExchange):
             # One small packet (a request, a reply): sealed by itself, without the buffer.
             seq = self.outgoingPacketSequence
             self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
-            self._write(sealer.seal(seq, pack_channel_data_header(recipient, size), data))
+            self._write(_joined(sealer.seal(seq, pack_channel_data_header(recipient, size), data)))
             return
         packets, last = divmod(size, max_packet)
         full_size = sealer.sealed_size(_DATA_OVERHEAD + max_packet)
@@ -260,15 +243,8 @@ class TransportMixin(HybridKeyExchange):
             written += seal_into(out[written:], seq, header, chunk)
             seq = (seq + 1) & 0xFFFFFFFF
         self.outgoingPacketSequence = seq
-        # Every packet in one write, from the reused buffer: copied only if it has to wait (in a
-        # batch, or for the socket to take it), as the next call overwrites the buffer.
-        sealed = out[:written]
-        self._bytes_out += written
-        if self._held is not None:
-            self._held.append(bytes(sealed))
-        else:
-            write_now(self.transport, sealed)
-        self._check_rekey_limit()
+        # Every packet in one write, from the reused buffer (copied only if it has to wait).
+        self._write(out[:written])
 
     def batch(self) -> WriteBatch:
         """
@@ -278,27 +254,21 @@ class TransportMixin(HybridKeyExchange):
         """
         return self._batch
 
-    def write_held(self) -> None:
-        """Write what the open batch holds now (before a disconnect, say); it stays open."""
-        held = self._held
-        if held and self.transport is not None:
-            self._held = []
-            write_now(self.transport, held[0] if len(held) == 1 else b"".join(held))
-
-    def _write(self, sealed: list[bytes]) -> None:
-        data = sealed[0] if len(sealed) == 1 else b"".join(sealed)
+    def _write(self, data: bytes | memoryview) -> None:
+        """
+        Write sealed packets, or hold them in the open batch.  A view (of the reused seal
+        buffer, which the next call overwrites) is copied only if it has to wait.
+        """
         self._bytes_out += len(data)
-        held = self._held
-        if held is not None:
-            held.append(data)
-        else:
+        if not self._batch.hold(data):
             write_now(self.transport, data)
-        self._check_rekey_limit()
-
-    def _check_rekey_limit(self) -> None:
         limit = self.rekey_bytes
         if limit is not None and self._bytes_out > limit:
             self._rekey("sent")
+
+    def _write_out(self, data: bytes) -> None:
+        if self.transport is not None:
+            write_now(self.transport, data)
 
     def sendUnimplemented(self) -> None:
         """Conch's, named here because the connection service relies on it (L{ISSHTransport})."""
@@ -314,7 +284,7 @@ class TransportMixin(HybridKeyExchange):
         # Whoever decided to disconnect has logged why: no second line with the same reason.
         self._log.debug("Disconnecting {peer} (code {code})", peer=self._peer(), code=reason)
         if self.transport is not None:
-            self.write_held()
+            self._batch.flush()
             self.transport.loseConnection()
 
     # -- receiving ---------------------------------------------------------------------------
