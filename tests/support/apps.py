@@ -7,13 +7,14 @@ protocol in L{harness.application}, which also makes the data and the digest lin
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
@@ -156,13 +157,18 @@ async def exchange(reactor: Any, port: int, request: bytes, timeout: float = 60.
 
 async def refused_or_unanswered(reactor: Any, port: int, request: bytes) -> bool:
     """
-    Whether a new connection to C{port} is not served: refused (the listener is gone), or
+    Whether a new connection to C{port} is not served: refused (the listener is gone), reset
+    while connecting (the listener closed with the connection still in its accept queue), or
     closed without a byte of answer (the listener is still there, the tunnel turns it away).
     """
     try:
         answer = await exchange(reactor, port, request, timeout=5)
     except ConnectionRefusedError:
         return True
+    except ConnectError as error:
+        if error.osError == errno.ECONNRESET:
+            return True
+        raise
     return answer == b""
 
 
