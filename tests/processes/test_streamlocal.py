@@ -14,20 +14,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from harness.plugins import twistd_argv
 from tests.support.apps import (
     AppServerFactory,
     digest_line,
     exchange,
+    exchange_over,
     pattern,
     start_app_server,
     wait_until_echo,
@@ -45,37 +43,11 @@ from tests.support.processes import ChildProcess, free_port, openssh_binary, plu
 MiB = 1024 * 1024
 
 
-@implementer(IHalfCloseableProtocol)
-class _Collect(Protocol):
-    """Everything received until the peer's EOF."""
-
-    def __init__(self) -> None:
-        self.received = bytearray()
-        self.done: Deferred[bytes] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.done.called:
-            self.done.callback(bytes(self.received))
-
-
 async def socket_exchange(reactor: Any, path: str, request: bytes, timeout: float = 30.0) -> bytes:
     """Connect to the Unix socket C{path}, send C{request}, shut down writing, read to EOF."""
-    endpoint = UNIXClientEndpoint(reactor, path, timeout=10)
-    protocol = await endpoint.connect(Factory.forProtocol(_Collect))
-    assert isinstance(protocol, _Collect)
-    protocol.transport.write(request)  # type: ignore[union-attr]
-    protocol.transport.loseWriteConnection()  # type: ignore[union-attr]
-    result: bytes = await protocol.done.addTimeout(timeout, reactor)
-    return result
+    return await exchange_over(
+        reactor, UNIXClientEndpoint(reactor, path, timeout=10), request, timeout
+    )
 
 
 async def wait_until_socket_echo(reactor: Any, path: str, deadline: float = 30.0) -> None:

@@ -15,7 +15,11 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectError, ConnectionRefusedError
-from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -145,8 +149,15 @@ class _Collect(Protocol):
 
 
 async def exchange(reactor: Any, port: int, request: bytes, timeout: float = 60.0) -> bytes:
-    """Connect, send C{request}, shut down writing, and return everything received until EOF."""
+    """Connect to C{port} on 127.0.0.1 and L{exchange_over} that connection."""
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10)
+    return await exchange_over(reactor, endpoint, request, timeout)
+
+
+async def exchange_over(
+    reactor: Any, endpoint: IStreamClientEndpoint, request: bytes, timeout: float = 60.0
+) -> bytes:
+    """Connect, send C{request}, shut down writing, and return everything received until EOF."""
     protocol = await endpoint.connect(Factory.forProtocol(_Collect))
     assert isinstance(protocol, _Collect)
     protocol.transport.write(request)  # type: ignore[union-attr]
