@@ -145,7 +145,8 @@ class _Collect(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.done.callback(bytes(self.received))
+        if not self.done.called:  # it may have timed out
+            self.done.callback(bytes(self.received))
 
 
 async def exchange(reactor: Any, port: int, request: bytes, timeout: float = 60.0) -> bytes:
